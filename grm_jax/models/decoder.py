@@ -1,0 +1,178 @@
+"""The decoder: embedding, a scanned stack of blocks, final norm and LM head.
+
+`Decoder(config).apply({"params": params}, tokens, positions, cache=cache) -> (logits, cache)`.
+
+Padding is carried by `positions`: a negative position marks a padding token, which no query
+attends to. Attention is causal over cache *slots* (as in transformers), so a left-padded batch
+whose rows end at the same slot decodes together.
+
+The KV cache is an explicit pytree `{"k": [L,B,S,K,H], "v": [L,B,S,K,H], "positions": [B,S],
+"end": []}`: `end` is the next slot to write. Without a cache the queries attend to the new
+tokens alone and no key/value buffers are kept.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from grm_jax.models.config import SLIDING, ModelConfig, dtype_of
+from grm_jax.models.layers import Attention, Mlp, RMSNorm, _param, rope_tables
+from grm_jax.sharding import constrain
+
+Cache = dict
+
+
+def positions_from_mask(mask_BT: jax.Array) -> jax.Array:
+    """Positions 0.. of the real tokens of each row, -1 at padding (mask is 1 at real tokens)."""
+    mask_BT = jnp.asarray(mask_BT).astype(jnp.int32)
+    return jnp.where(mask_BT > 0, jnp.cumsum(mask_BT, axis=-1) - 1, -1)
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> Cache:
+    """An empty KV cache for `batch` rows of up to `length` tokens."""
+    dtype = dtype or dtype_of(config.dtype)
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "positions": jnp.full((batch, length), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
+
+
+CACHE_LOGICAL_NAMES = {
+    "k": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "v": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "positions": ("batch", "cache_length"),
+    "end": (),
+}
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block (with Gemma's extra post-norms when configured)."""
+
+    config: ModelConfig
+    mesh: Mesh | None = None
+
+    @nn.compact
+    def __call__(self, x_BTD, xs, shared):
+        cfg = self.config
+        is_sliding, kv = xs
+        tables, mask_full, mask_sliding, start = shared
+        if cfg.has_sliding:
+            mask_BTS = jnp.where(is_sliding, mask_sliding, mask_full)
+            (cos_g, sin_g), (cos_l, sin_l) = tables
+            cos_sin = (jnp.where(is_sliding, cos_l, cos_g), jnp.where(is_sliding, sin_l, sin_g))
+        else:
+            mask_BTS, cos_sin = mask_full, tables[0]
+
+        def norm(name):
+            return RMSNorm(cfg.norm_eps, cfg.norm_plus_one, cfg.param_dtype, name=name)
+
+        h = norm("pre_attn_norm")(x_BTD)
+        h, kv = Attention(cfg, self.mesh, name="attn")(h, cos_sin, mask_BTS, kv, start)
+        if cfg.sandwich_norms:
+            h = norm("post_attn_norm")(h)
+        x_BTD = x_BTD + h
+        h = Mlp(cfg, self.mesh, name="mlp")(norm("pre_mlp_norm")(x_BTD))
+        if cfg.sandwich_norms:
+            h = norm("post_mlp_norm")(h)
+        x_BTD = constrain(x_BTD + h, ("batch", "length", "embed"), self.mesh)
+        return x_BTD, kv
+
+
+class Decoder(nn.Module):
+    """Decoder-only language model for every supported family (see ModelConfig)."""
+
+    config: ModelConfig
+    mesh: Mesh | None = None
+
+    @nn.compact
+    def __call__(self, tokens_BT, positions_BT, cache: Cache | None = None, *,
+                 return_hidden: bool = False):
+        """Runs the model on `tokens_BT` placed at cache slots [cache.end, cache.end + T).
+
+        Args:
+          tokens_BT: int token ids.
+          positions_BT: int positions; negative marks padding.
+          cache: KV cache from `init_cache` (or a previous call), or None for a plain forward.
+          return_hidden: also return the final-norm hidden states [B, T, D].
+
+        Returns:
+          (logits [B, T, V] in float32, the updated cache or None), plus the hidden states when
+          `return_hidden`.
+        """
+        cfg = self.config
+        B, T = tokens_BT.shape
+        dtype, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+        use_cache = cache is not None
+        if use_cache:
+            start, S, past_positions_BS = cache["end"], cache["k"].shape[2], cache["positions"]
+            kv = (cache["k"], cache["v"])
+        else:
+            start, S, past_positions_BS, kv = jnp.zeros((), jnp.int32), T, jnp.full((B, T), -1, jnp.int32), None
+
+        embedding_VD = _param(self, "embedding", ("vocab", "embed"), (cfg.vocab_size, cfg.embed_dim), pdt)
+        x_BTD = jnp.take(embedding_VD, tokens_BT, axis=0).astype(dtype)
+        if cfg.scale_embeddings:
+            x_BTD = x_BTD * jnp.asarray(cfg.embed_scale, pdt).astype(dtype)
+        x_BTD = constrain(x_BTD, ("batch", "length", "embed"), self.mesh)
+
+        tables = (rope_tables(positions_BT, cfg.rope, cfg.head_dim, dtype),)
+        if cfg.has_sliding:
+            tables += (rope_tables(positions_BT, cfg.local_rope or cfg.rope, cfg.head_dim, dtype),)
+
+        key_positions_BS = jax.lax.dynamic_update_slice_in_dim(
+            past_positions_BS, positions_BT.astype(jnp.int32), start, 1)
+        q_slot_T = start + jnp.arange(T)
+        k_slot_S = jnp.arange(S)
+        mask_full = (k_slot_S[None, None, :] <= q_slot_T[None, :, None]) & (key_positions_BS[:, None, :] >= 0)
+        mask_sliding = None
+        if cfg.has_sliding:
+            in_window = (q_slot_T[:, None] - k_slot_S[None, :]) < cfg.sliding_window
+            mask_sliding = mask_full & in_window[None]
+
+        is_sliding_L = jnp.asarray([k == SLIDING for k in cfg.kinds])
+        stack = nn.scan(
+            Block, variable_axes={"params": 0}, split_rngs={"params": True},
+            in_axes=(0, nn.broadcast), length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"})
+        x_BTD, kv = stack(cfg, self.mesh, name="layers")(
+            x_BTD, (is_sliding_L, kv), (tables, mask_full, mask_sliding, start))
+
+        h_BTD = RMSNorm(cfg.norm_eps, cfg.norm_plus_one, cfg.param_dtype, name="final_norm")(x_BTD)
+        if cfg.tie_embeddings:
+            logits_BTV = jnp.einsum("BTD,VD->BTV", h_BTD, embedding_VD.astype(dtype),
+                                    preferred_element_type=jnp.float32)
+        else:
+            head_DV = _param(self, "lm_head", ("embed", "vocab"), (cfg.embed_dim, cfg.vocab_size), pdt)
+            logits_BTV = jnp.einsum("BTD,DV->BTV", h_BTD, head_DV.astype(dtype),
+                                    preferred_element_type=jnp.float32)
+        if cfg.final_softcap is not None:
+            logits_BTV = jnp.tanh(logits_BTV / cfg.final_softcap) * cfg.final_softcap
+        logits_BTV = constrain(logits_BTV, ("batch", "length", "vocab"), self.mesh)
+
+        new_cache = None
+        if use_cache:
+            new_cache = {"k": kv[0], "v": kv[1], "positions": key_positions_BS, "end": start + T}
+        if return_hidden:
+            return logits_BTV, new_cache, h_BTD
+        return logits_BTV, new_cache
+
+
+def abstract_params(config: ModelConfig):
+    """(shape/dtype pytree of the params, pytree of their logical axis names); nothing allocated."""
+    model = Decoder(config)
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    boxed = jax.eval_shape(model.init, jax.random.key(0), tokens, tokens)["params"]
+    names = jax.tree.map(lambda b: tuple(b.names), boxed, is_leaf=_is_boxed)
+    return nn.unbox(boxed), names
+
+
+def init_params(config: ModelConfig, rng: jax.Array):
+    """Random parameters (normal(0.02) kernels) as a plain nested dict."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return nn.unbox(Decoder(config).init(rng, tokens, tokens)["params"])
+
+
+def _is_boxed(x) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)

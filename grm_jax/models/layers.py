@@ -1,0 +1,196 @@
+"""Decoder building blocks: RMSNorm, RoPE, grouped-query attention and the gated MLP.
+
+Numerics follow transformers' reference implementations, since parity with them is tested:
+norms compute in float32; RoPE tables are computed in float32 and cast to the compute dtype;
+attention softmax runs in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from grm_jax.models.config import ModelConfig, RopeConfig, dtype_of
+from grm_jax.sharding import constrain
+
+# Masked attention logits get this instead of -inf, so a row with no visible key (a left-padding
+# query) softmaxes to a uniform row rather than NaN.
+_MASKED = -0.7 * float(np.finfo(np.float32).max)
+_INIT = nn.initializers.normal(0.02)
+
+
+def _param(module: nn.Module, name: str, names: tuple, shape: tuple, dtype, init=_INIT):
+    return module.param(name, nn.with_logical_partitioning(init, names), shape, dtype)
+
+
+class Linear(nn.Module):
+    """y = einsum(eq, x, W) (+ b); W has `shape` and logical `names`, b spans the last `out_axes`."""
+
+    eq: str
+    shape: tuple[int, ...]
+    names: tuple[str, ...]
+    out_axes: int
+    use_bias: bool
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self, x):
+        dtype, pdt = dtype_of(self.dtype), dtype_of(self.param_dtype)
+        w = _param(self, "kernel", self.names, self.shape, pdt)
+        y = jnp.einsum(self.eq, x, w.astype(dtype))
+        if self.use_bias:
+            out = slice(len(self.shape) - self.out_axes, None)
+            b = _param(self, "bias", self.names[out], self.shape[out], pdt, nn.initializers.zeros)
+            y = y + b.astype(dtype)
+        return y
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * w (Llama) or * (1 + w) (Gemma), computed in float32."""
+
+    eps: float
+    plus_one: bool
+    param_dtype: str
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+        w = _param(self, "scale", (self.axis_name,), (x.shape[-1],), dtype_of(self.param_dtype), init)
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        if self.plus_one:
+            return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+        return y.astype(x.dtype) * w.astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def inverse_frequencies(rope: RopeConfig, head_dim: int) -> np.ndarray:
+    """RoPE inverse frequencies [H/2] in float32, including the configured frequency scaling."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    inv = (np.float32(1.0) / (np.float32(rope.theta) ** exponent)).astype(np.float32)
+    if rope.kind == "linear":
+        inv = inv / np.float32(rope.factor)
+    elif rope.kind == "llama3":
+        low_wavelen = rope.original_max_position / rope.low_freq_factor
+        high_wavelen = rope.original_max_position / rope.high_freq_factor
+        wavelen = np.float32(2 * np.pi) / inv
+        scaled = np.where(wavelen > low_wavelen, inv / np.float32(rope.factor), inv)
+        smooth = ((rope.original_max_position / wavelen - rope.low_freq_factor)
+                  / (rope.high_freq_factor - rope.low_freq_factor))
+        smoothed = (1 - smooth) * scaled / np.float32(rope.factor) + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv = np.where(medium, smoothed, scaled)
+    return inv.astype(np.float32)
+
+
+def rope_tables(positions_BT: jax.Array, rope: RopeConfig, head_dim: int, dtype):
+    """cos and sin tables [B, T, H/2] for the given positions, cast to the compute dtype."""
+    inv = jnp.asarray(inverse_frequencies(rope, head_dim))
+    angles = positions_BT.astype(jnp.float32)[..., None] * inv
+    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+
+
+def apply_rope(x_BTnH: jax.Array, cos_BTh: jax.Array, sin_BTh: jax.Array) -> jax.Array:
+    """Rotates halves (transformers' `rotate_half` layout) of x [B, T, heads, H]."""
+    x1, x2 = jnp.split(x_BTnH, 2, axis=-1)
+    cos, sin = cos_BTh[:, :, None, :], sin_BTh[:, :, None, :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention over an explicit key/value buffer.
+
+    With a cache, keys and values of the new tokens are written into the layer's buffers
+    `kv = (k_BSKH, v_BSKH)` at slot `start` and the queries attend to the whole buffer under
+    `mask_BTS`; with `kv=None` they attend to the new tokens alone.
+    """
+
+    config: ModelConfig
+    mesh: Mesh | None = None
+
+    @nn.compact
+    def __call__(self, x_BTD, cos_sin, mask_BTS, kv, start):
+        cfg = self.config
+        D, N, K, H = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        dtype = dtype_of(cfg.dtype)
+
+        def project(name, heads, heads_axis):
+            return Linear("BTD,DnH->BTnH", (D, heads, H), ("embed", heads_axis, "head_dim"), 2,
+                          cfg.qkv_bias, cfg.dtype, cfg.param_dtype, name=name)(x_BTD)
+
+        q_BTNH = project("q_proj", N, "heads")
+        k_BTKH = project("k_proj", K, "kv_heads")
+        v_BTKH = project("v_proj", K, "kv_heads")
+        if cfg.qk_norm:
+            norm = functools.partial(RMSNorm, cfg.norm_eps, cfg.norm_plus_one, cfg.param_dtype,
+                                     axis_name="head_dim")
+            q_BTNH = norm(name="q_norm")(q_BTNH)
+            k_BTKH = norm(name="k_norm")(k_BTKH)
+        cos, sin = cos_sin
+        q_BTNH = apply_rope(q_BTNH, cos, sin)
+        k_BTKH = apply_rope(k_BTKH, cos, sin)
+        q_BTNH = constrain(q_BTNH, ("batch", "length", "heads", "head_dim"), self.mesh)
+
+        if kv is None:  # plain forward: the keys are exactly the new tokens
+            k_BSKH, v_BSKH = k_BTKH, v_BTKH
+        else:
+            k_BSKH, v_BSKH = kv
+            k_BSKH = jax.lax.dynamic_update_slice_in_dim(k_BSKH, k_BTKH.astype(k_BSKH.dtype), start, 1)
+            v_BSKH = jax.lax.dynamic_update_slice_in_dim(v_BSKH, v_BTKH.astype(v_BSKH.dtype), start, 1)
+            kv_names = ("batch", "cache_length", "kv_heads", "head_dim")
+            k_BSKH = constrain(k_BSKH, kv_names, self.mesh)
+            v_BSKH = constrain(v_BSKH, kv_names, self.mesh)
+            kv = (k_BSKH, v_BSKH)
+
+        if cfg.attention_impl == "dot_product":
+            out_BTNH = jax.nn.dot_product_attention(
+                q_BTNH, k_BSKH.astype(dtype), v_BSKH.astype(dtype), mask=mask_BTS[:, None],
+                scale=cfg.attn_scale)
+        else:
+            out_BTNH = _xla_attention(q_BTNH, k_BSKH.astype(dtype), v_BSKH.astype(dtype), mask_BTS,
+                                      cfg.attn_scale, cfg.attn_softcap)
+        y_BTD = Linear("BTNH,NHD->BTD", (N, H, D), ("heads", "head_dim", "embed"), 1, cfg.out_bias,
+                       cfg.dtype, cfg.param_dtype, name="o_proj")(out_BTNH)
+        return y_BTD, kv
+
+
+def _xla_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, scale, softcap):
+    B, T, N, H = q_BTNH.shape
+    K = k_BSKH.shape[2]
+    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    logits_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
+                              preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        logits_BKGTS = jnp.tanh(logits_BKGTS / softcap) * softcap
+    logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS, _MASKED)
+    probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(v_BSKH.dtype)
+    out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH)
+    return out_BTKGH.reshape(B, T, N, H)
+
+
+class Mlp(nn.Module):
+    """down(act(gate(x)) * up(x))."""
+
+    config: ModelConfig
+    mesh: Mesh | None = None
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        cfg = self.config
+        D, F = cfg.embed_dim, cfg.mlp_dim
+
+        def dense(name, x, eq, shape, names):
+            return Linear(eq, shape, names, 1, cfg.mlp_bias, cfg.dtype, cfg.param_dtype, name=name)(x)
+
+        gate_BTF = dense("gate_proj", x_BTD, "BTD,DF->BTF", (D, F), ("embed", "mlp"))
+        up_BTF = dense("up_proj", x_BTD, "BTD,DF->BTF", (D, F), ("embed", "mlp"))
+        act = jax.nn.silu if cfg.activation == "silu" else functools.partial(jax.nn.gelu, approximate=True)
+        h_BTF = constrain(act(gate_BTF) * up_BTF, ("batch", "length", "mlp"), self.mesh)
+        return dense("down_proj", h_BTF, "BTF,FD->BTD", (F, D), ("mlp", "embed"))
