@@ -1,0 +1,86 @@
+"""Model checkpoints: Orbax params beside the model config (and tokenizer files, if any).
+
+Layout of a model checkpoint directory:
+  model_config.json   the ModelConfig
+  params/             Orbax checkpoint of the param pytree
+  tokenizer/          tokenizer files copied from the source HF directory (optional)
+
+It is written under a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from grm_jax.models import ModelConfig, abstract_params, dtype_of
+from grm_jax.sharding import make_mesh, tree_shardings
+
+CONFIG_FILE = "model_config.json"
+
+
+def is_model_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / "params").is_dir()
+
+
+def save_model(ckpt_dir: str | Path, params, cfg: ModelConfig, *, tokenizer_files=(),
+               overwrite: bool = False) -> Path:
+    """Saves params and config to `ckpt_dir` atomically; refuses an existing one unless overwrite."""
+    out = Path(ckpt_dir).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        cfg.save(tmp / CONFIG_FILE)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "params", params)
+            ckptr.wait_until_finished()
+        files = [Path(f) for f in tokenizer_files]
+        if files:
+            (tmp / "tokenizer").mkdir()
+            for f in files:
+                shutil.copy2(f, tmp / "tokenizer" / f.name)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_model(ckpt_dir: str | Path, *, mesh: Mesh | None = None, param_dtype: str | None = None):
+    """Restores (ModelConfig, params) sharded over `mesh` (default: the first device alone)."""
+    path = Path(ckpt_dir).absolute()
+    if not is_model_checkpoint(path):
+        raise FileNotFoundError(f"{path}: not a grm-jax model checkpoint (expected {CONFIG_FILE} "
+                                "and params/)")
+    cfg = ModelConfig.load(path / CONFIG_FILE)
+    mesh = mesh or make_mesh(devices=jax.devices()[:1])
+    abstract, names = abstract_params(cfg)
+    shardings = tree_shardings(names, abstract, mesh)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(path / "params", target)
+    if param_dtype and param_dtype != cfg.param_dtype:
+        params = jax.tree.map(lambda x: x.astype(dtype_of(param_dtype)), params)
+        cfg = cfg.replace(param_dtype=param_dtype, dtype=param_dtype)
+    return cfg, params
+
+
+def tokenizer_dir(ckpt_dir: str | Path) -> Path | None:
+    """The tokenizer folder of a model checkpoint, if it has one."""
+    t = Path(ckpt_dir) / "tokenizer"
+    return t if t.is_dir() else None
