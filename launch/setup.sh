@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates a virtual environment in the project folder (.venv) and installs grm-jax into it with
+# its test extra (torch==2.13.0 CPU build, pytest, hypothesis). Re-runs only when pyproject.toml
+# changed. Set PYTHON to choose the interpreter (3.11 or newer).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv
+fi
+stamp=.venv/.grm-jax-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "installing grm-jax and its test dependencies into .venv ..." >&2
+  .venv/bin/python -m pip install -q --upgrade pip 2> >(grep -v "^WARNING: Location" >&2)
+  .venv/bin/python -m pip install -q -e ".[test]" 2> >(grep -v "^WARNING: Location" >&2)
+  touch "$stamp"
+fi

@@ -1,0 +1,52 @@
+"""Test setup. Fake CPU devices must be requested before JAX is first imported."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import transformers  # noqa: E402
+
+transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()
+assert len(jax.devices()) == 8, "XLA_FLAGS must be set before JAX is imported"
+
+from grm_jax.hf.tiny import TINY, save_random_hf_model, tiny_hf_config  # noqa: E402
+
+FAMILIES = tuple(TINY)
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory):
+    """family -> (directory, torch model) of a tiny random HF model, built once per session."""
+    root = tmp_path_factory.mktemp("hf")
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            d = root / family
+            cache[family] = (d, save_random_hf_model(tiny_hf_config(family), d, seed=0).eval())
+        return cache[family]
+    return get
+
+
+def padded_batch(vocab: int, length: int = 32, seed: int = 0):
+    """Tokens [3, length] and a mask with two left-padded rows."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, vocab, size=(3, length))
+    mask = np.ones_like(tokens)
+    mask[1, :5] = 0
+    mask[2, : length // 2] = 0
+    return tokens, mask
+
+
+def torch_logits(model, tokens, mask):
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.float().numpy()
