@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import jax
@@ -17,6 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from grm_jax.atomic import atomic_directory
 from grm_jax.hf.keys import expand, key_table
 from grm_jax.hf.safetensors_io import plan_shards, write_file
 from grm_jax.models import ModelConfig, dtype_of, to_hf_config
@@ -56,25 +56,16 @@ def export_hf(params, cfg: ModelConfig, out_dir: str | Path, *, dtype: str | Non
     Returns:
       The output directory.
     """
-    out = Path(out_dir).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
     dtype = dtype or cfg.param_dtype
     np_dtype = np.dtype(dtype_of(dtype))
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         _write_model(params, cfg.replace(param_dtype=dtype), tmp, np_dtype, parse_size(shard_size), progress)
         if tokenizer_from is not None:
             for name in TOKENIZER_FILES:
                 src = Path(tokenizer_from) / name
                 if src.is_file():
                     shutil.copy2(src, tmp / name)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir).absolute()
 
 
 def _write_model(params, cfg: ModelConfig, directory: Path, np_dtype, shard_size: int, progress):
@@ -128,14 +119,3 @@ def _to_host(x) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Renames tmp to out; an existing out is moved aside first and deleted only afterwards."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)

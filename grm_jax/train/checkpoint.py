@@ -11,13 +11,13 @@ It is written under a temporary name and renamed into place when complete.
 from __future__ import annotations
 
 import shutil
-import uuid
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
+from grm_jax.atomic import atomic_directory
 from grm_jax.models import ModelConfig, abstract_params, dtype_of
 from grm_jax.sharding import make_mesh, tree_shardings
 
@@ -32,12 +32,7 @@ def is_model_checkpoint(path: str | Path) -> bool:
 def save_model(ckpt_dir: str | Path, params, cfg: ModelConfig, *, tokenizer_files=(),
                overwrite: bool = False) -> Path:
     """Saves params and config to `ckpt_dir` atomically; refuses an existing one unless overwrite."""
-    out = Path(ckpt_dir).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(ckpt_dir, overwrite=overwrite) as tmp:
         cfg.save(tmp / CONFIG_FILE)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", params)
@@ -47,17 +42,7 @@ def save_model(ckpt_dir: str | Path, params, cfg: ModelConfig, *, tokenizer_file
             (tmp / "tokenizer").mkdir()
             for f in files:
                 shutil.copy2(f, tmp / "tokenizer" / f.name)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(ckpt_dir).absolute()
 
 
 def load_model(ckpt_dir: str | Path, *, mesh: Mesh | None = None, param_dtype: str | None = None):
