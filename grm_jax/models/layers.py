@@ -172,8 +172,8 @@ class Attention(nn.Module):
 def _xla_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, scale, softcap):
     """Attention as two batched matmuls per KV head over its G*T query rows (Q = G*T).
 
-    Heads-major layouts let XLA's CPU and GPU matmuls run without transposing inside the dot;
-    on CPU this is ~1.7x faster than contracting the [B,T,K,G,H] layout directly.
+    The heads-major layout lets XLA run plain batched matmuls; on CPU it measured ~1.7x faster
+    than contracting the [B,T,K,G,H] layout directly (B=8, T=512, N=8, K=2, H=64).
     """
     B, T, N, H = q_BTNH.shape
     S, K = k_BSKH.shape[1], k_BSKH.shape[2]
