@@ -58,12 +58,12 @@ class Block(nn.Module):
         cfg = self.config
         is_sliding, kv = xs
         tables, mask_full, mask_sliding, start = shared
-        if cfg.has_sliding:
-            mask_BTS = jnp.where(is_sliding, mask_sliding, mask_full)
+        mask_BTS = jnp.where(is_sliding, mask_sliding, mask_full) if cfg.has_sliding else mask_full
+        if len(tables) == 2:  # sliding layers have their own RoPE base (Gemma 3)
             (cos_g, sin_g), (cos_l, sin_l) = tables
             cos_sin = (jnp.where(is_sliding, cos_l, cos_g), jnp.where(is_sliding, sin_l, sin_g))
         else:
-            mask_BTS, cos_sin = mask_full, tables[0]
+            cos_sin = tables[0]
 
         def norm(name):
             return RMSNorm(cfg.norm_eps, cfg.norm_plus_one, cfg.param_dtype, name=name)
@@ -118,8 +118,8 @@ class Decoder(nn.Module):
         x_BTD = constrain(x_BTD, ("batch", "length", "embed"), self.mesh)
 
         tables = (rope_tables(positions_BT, cfg.rope, cfg.head_dim, dtype),)
-        if cfg.has_sliding:
-            tables += (rope_tables(positions_BT, cfg.local_rope or cfg.rope, cfg.head_dim, dtype),)
+        if cfg.has_sliding and cfg.local_rope is not None and cfg.local_rope != cfg.rope:
+            tables += (rope_tables(positions_BT, cfg.local_rope, cfg.head_dim, dtype),)
 
         key_positions_BS = jax.lax.dynamic_update_slice_in_dim(
             past_positions_BS, positions_BT.astype(jnp.int32), start, 1)
