@@ -88,7 +88,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, cache: Cache | None = None, *,
-                 return_hidden: bool = False):
+                 return_hidden: bool = False, hidden_only: bool = False):
         """Runs the model on `tokens_BT` placed at cache slots [cache.end, cache.end + T).
 
         Args:
@@ -96,6 +96,8 @@ class Decoder(nn.Module):
           positions_BT: int positions; negative marks padding.
           cache: KV cache from `init_cache` (or a previous call), or None for a plain forward.
           return_hidden: also return the final-norm hidden states [B, T, D].
+          hidden_only: skip the LM head and return (hidden states, cache); pair with
+            `lm_head_logits` to compute logits a chunk at a time.
 
         Returns:
           (logits [B, T, V] in float32, the updated cache or None), plus the hidden states when
@@ -140,23 +142,35 @@ class Decoder(nn.Module):
             x_BTD, (is_sliding_L, kv), (tables, mask_full, mask_sliding, start))
 
         h_BTD = RMSNorm(cfg.norm_eps, cfg.norm_plus_one, cfg.param_dtype, name="final_norm")(x_BTD)
-        if cfg.tie_embeddings:
-            logits_BTV = jnp.einsum("BTD,VD->BTV", h_BTD, embedding_VD.astype(dtype),
-                                    preferred_element_type=jnp.float32)
-        else:
-            head_DV = _param(self, "lm_head", ("embed", "vocab"), (cfg.embed_dim, cfg.vocab_size), pdt)
-            logits_BTV = jnp.einsum("BTD,DV->BTV", h_BTD, head_DV.astype(dtype),
-                                    preferred_element_type=jnp.float32)
-        if cfg.final_softcap is not None:
-            logits_BTV = jnp.tanh(logits_BTV / cfg.final_softcap) * cfg.final_softcap
-        logits_BTV = constrain(logits_BTV, ("batch", "length", "vocab"), self.mesh)
-
         new_cache = None
         if use_cache:
             new_cache = {"k": kv[0], "v": kv[1], "positions": key_positions_BS, "end": start + T}
+        if hidden_only:
+            return h_BTD, new_cache
+        head = embedding_VD if cfg.tie_embeddings else _param(
+            self, "lm_head", ("embed", "vocab"), (cfg.embed_dim, cfg.vocab_size), pdt)
+        logits_BTV = constrain(_logits(cfg, h_BTD, head), ("batch", "length", "vocab"), self.mesh)
         if return_hidden:
             return logits_BTV, new_cache, h_BTD
         return logits_BTV, new_cache
+
+
+def _logits(cfg: ModelConfig, h_BTD, head):
+    """float32 logits from final hidden states; `head` is the embedding [V,D] when tied, else [D,V]."""
+    dtype = dtype_of(cfg.dtype)
+    spec = "BTD,VD->BTV" if cfg.tie_embeddings else "BTD,DV->BTV"
+    logits_BTV = jnp.einsum(spec, h_BTD.astype(dtype), head.astype(dtype),
+                            preferred_element_type=jnp.float32)
+    if cfg.final_softcap is not None:
+        logits_BTV = jnp.tanh(logits_BTV / cfg.final_softcap) * cfg.final_softcap
+    return logits_BTV
+
+
+def lm_head_logits(params, config: ModelConfig, h_BTD: jax.Array) -> jax.Array:
+    """The decoder's LM head (with Gemma's final soft-cap) applied to hidden states from
+    `apply(..., hidden_only=True)`: float32 logits [B, T, V]."""
+    head = params["embedding"] if config.tie_embeddings else params["lm_head"]
+    return _logits(config, h_BTD, head)
 
 
 def abstract_params(config: ModelConfig):

@@ -1,0 +1,267 @@
+"""Jitted sampling: one prefill over left-padded prompts, then a `lax.while_loop` decode.
+
+Everything between the prompt tokens going in and the sampled tokens coming out is one compiled
+function: prefill writes the prompts into an explicit KV cache, the cache is broadcast to the
+`num_samples` rows of each prompt, and the loop samples a token per row and runs the decoder on
+it until every row has hit a stop token or `max_new_tokens`.
+
+The returned log-prob of each token is under the model's own, untruncated distribution
+(log_softmax of the logits, temperature 1), whatever strategy picked it: exactly what the
+trainer recomputes with `grm_jax.models.logprobs.token_logprobs`, so GRPO's old log-probs can
+come from the sampler.
+
+Prompt lengths and batch sizes are rounded up to buckets, so calls with varying prompts reuse a
+handful of compiled programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from grm_jax.models.config import ModelConfig
+from grm_jax.models.decoder import CACHE_LOGICAL_NAMES, Decoder, init_cache, positions_from_mask
+from grm_jax.sharding import batch_sharding, constrain
+
+_NEG = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+    """The most likely token."""
+
+    def choose(self, rng: jax.Array, logits_BV: jax.Array) -> jax.Array:
+        del rng
+        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Temperature:
+    """A sample from softmax(logits / temperature)."""
+
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        _check_temperature(self.temperature)
+
+    def choose(self, rng, logits_BV):
+        return jax.random.categorical(rng, logits_BV / self.temperature, axis=-1).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopK:
+    """A sample from the `k` most likely tokens, at `temperature`."""
+
+    k: int
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"top-k needs k >= 1, got {self.k}")
+        _check_temperature(self.temperature)
+
+    def choose(self, rng, logits_BV):
+        top_BK, index_BK = jax.lax.top_k(logits_BV, min(self.k, logits_BV.shape[-1]))
+        pick_B = jax.random.categorical(rng, top_BK / self.temperature, axis=-1)
+        return jnp.take_along_axis(index_BK, pick_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopP:
+    """Nucleus sampling: a sample from the smallest set of most likely tokens whose probability
+    (at `temperature`) reaches `p`."""
+
+    p: float
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 < self.p <= 1.0:
+            raise ValueError(f"top-p needs 0 < p <= 1, got {self.p}")
+        _check_temperature(self.temperature)
+
+    def choose(self, rng, logits_BV):
+        sorted_BV, index_BV = jax.lax.top_k(logits_BV, logits_BV.shape[-1])
+        sorted_BV = sorted_BV / self.temperature
+        probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+        before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV  # mass of strictly likelier tokens
+        kept_BV = jnp.where(before_BV < self.p, sorted_BV, _NEG)
+        pick_B = jax.random.categorical(rng, kept_BV, axis=-1)
+        return jnp.take_along_axis(index_BV, pick_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+Strategy = Greedy | Temperature | TopK | TopP
+
+
+def _check_temperature(t: float):
+    if not t > 0:
+        raise ValueError(f"temperature must be > 0 (use Greedy for argmax), got {t}")
+
+
+def strategy_from_args(temperature: float = 0.0, top_k: int | None = None,
+                       top_p: float | None = None) -> Strategy:
+    """The strategy for the usual knobs: temperature 0 is greedy; top-k and top-p are exclusive."""
+    if top_k is not None and top_p is not None:
+        raise ValueError("choose one of top-k and top-p")
+    if temperature == 0.0:
+        if top_k is not None or top_p is not None:
+            raise ValueError("top-k / top-p need a temperature > 0")
+        return Greedy()
+    if top_k is not None:
+        return TopK(top_k, temperature)
+    if top_p is not None:
+        return TopP(top_p, temperature)
+    return Temperature(temperature)
+
+
+class Samples(NamedTuple):
+    """Host arrays; row i * num_samples + j is sample j of prompt i.
+
+    tokens: [R, max_new_tokens] int32, the pad id after each row's end.
+    lengths: [R] tokens generated, counting the stop token when one was hit.
+    logprobs: [R, max_new_tokens] float32 log-prob of each token under the model (0 after the end).
+    stopped: [R] bool, True when the row ended on a stop token (False: hit max_new_tokens).
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    logprobs: np.ndarray
+    stopped: np.ndarray
+
+
+def bucket(n: int, minimum: int = 16, step: int = 512) -> int:
+    """n rounded up: powers of two from `minimum` up to `step`, then multiples of `step`."""
+    if n <= step:
+        b = minimum
+        while b < n:
+            b *= 2
+        return b
+    return -(-n // step) * step
+
+
+def _batch_multiple(mesh: Mesh | None) -> int:
+    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_new: int,
+              num_samples: int, stop: tuple[int, ...], pad_id: int):
+    model = Decoder(config, mesh)
+
+    def constrain_cache(cache):
+        return {k: constrain(v, CACHE_LOGICAL_NAMES[k], mesh) for k, v in cache.items()}
+
+    def run(params, prompt_BT, mask_BT, rng):
+        B, T = prompt_BT.shape
+        R = B * num_samples
+        positions_BT = positions_from_mask(mask_BT)
+        cache = constrain_cache(init_cache(config, B, T + max_new))
+        logits_BTV, cache = model.apply({"params": params}, prompt_BT, positions_BT, cache)
+        # Rows are left-padded, so every prompt ends at slot T - 1.
+        logits_RV = jnp.repeat(logits_BTV[:, -1], num_samples, axis=0)
+        next_pos_R = jnp.repeat(positions_BT[:, -1] + 1, num_samples, axis=0)
+        if num_samples > 1:
+            cache = constrain_cache({
+                "k": jnp.repeat(cache["k"], num_samples, axis=1),
+                "v": jnp.repeat(cache["v"], num_samples, axis=1),
+                "positions": jnp.repeat(cache["positions"], num_samples, axis=0),
+                "end": cache["end"]})
+        stop_S = jnp.asarray(stop if stop else (-1,), jnp.int32)
+
+        def pick(step, logits_RV, done_R, out, rng):
+            tokens_RN, logp_RN = out
+            rng, sub = jax.random.split(rng)
+            token_R = strategy.choose(sub, logits_RV)
+            logp_R = jnp.take_along_axis(jax.nn.log_softmax(logits_RV, axis=-1), token_R[:, None], axis=-1)[:, 0]
+            token_R = jnp.where(done_R, pad_id, token_R)
+            logp_R = jnp.where(done_R, 0.0, logp_R)
+            tokens_RN = jax.lax.dynamic_update_slice_in_dim(tokens_RN, token_R[:, None], step, 1)
+            logp_RN = jax.lax.dynamic_update_slice_in_dim(logp_RN, logp_R[:, None], step, 1)
+            stops_R = jnp.isin(token_R, stop_S) & ~done_R
+            return token_R, (tokens_RN, logp_RN), done_R | stops_R, stops_R, rng
+
+        out = (jnp.full((R, max_new), pad_id, jnp.int32), jnp.zeros((R, max_new), jnp.float32))
+        done_R = jnp.zeros((R,), bool)
+        length_R = jnp.zeros((R,), jnp.int32)
+        token_R, out, new_done, _, rng = pick(0, logits_RV, done_R, out, rng)
+        length_R = length_R + 1
+        stopped_R = new_done
+
+        def cond(state):
+            step, _, _, done_R, *_ = state
+            return (step < max_new) & ~jnp.all(done_R)
+
+        def body(state):
+            step, token_R, cache, done_R, length_R, stopped_R, out, rng = state
+            pos_R = next_pos_R + step - 1
+            logits_R1V, cache = model.apply({"params": params}, token_R[:, None], pos_R[:, None], cache)
+            token_R, out, new_done, stops_R, rng = pick(step, logits_R1V[:, 0], done_R, out, rng)
+            length_R = length_R + (~done_R).astype(jnp.int32)
+            return step + 1, token_R, cache, new_done, length_R, stopped_R | stops_R, out, rng
+
+        state = (jnp.ones((), jnp.int32), token_R, cache, new_done, length_R, stopped_R, out, rng)
+        _, _, _, _, length_R, stopped_R, (tokens_RN, logp_RN), _ = jax.lax.while_loop(cond, body, state)
+        return tokens_RN, length_R, logp_RN, stopped_R
+
+    return jax.jit(run)
+
+
+def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *,
+             strategy: Strategy = Greedy(), max_new_tokens: int = 128,
+             stop_tokens: Sequence[int] = (), num_samples: int = 1, seed: int = 0,
+             pad_id: int | None = None, mesh: Mesh | None = None,
+             bucket_prompts: bool = True) -> Samples:
+    """Samples `num_samples` continuations of each prompt.
+
+    Args:
+      params: decoder params (sharded over `mesh` if one is given).
+      config: the model's config.
+      prompts: token ids per prompt (no padding), each non-empty.
+      strategy: Greedy(), Temperature(t), TopK(k, t) or TopP(p, t).
+      max_new_tokens: tokens to generate at most per row.
+      stop_tokens: ids that end a row (the stop token is kept and counted in its length).
+      num_samples: continuations per prompt; they share the prompt's prefill.
+      seed: the sampling seed; the same seed, prompts and buckets give the same samples.
+      pad_id: id written after a row ends (default: the config's pad id, else 0).
+      mesh: device mesh; the batch is sharded over its data and fsdp axes.
+      bucket_prompts: round prompt length and batch size up to buckets (fewer compilations).
+
+    Returns:
+      Samples with rows in prompt-major order.
+    """
+    if not prompts:
+        raise ValueError("no prompts to sample from")
+    if max_new_tokens < 1 or num_samples < 1:
+        raise ValueError(f"max_new_tokens and num_samples must be >= 1, got {max_new_tokens}, {num_samples}")
+    lengths = [len(p) for p in prompts]
+    if min(lengths) == 0:
+        raise ValueError(f"prompt {lengths.index(0)} is empty")
+    longest = max(lengths)
+    T = bucket(longest) if bucket_prompts else longest
+    B = len(prompts)
+    multiple = _batch_multiple(mesh)
+    B_pad = bucket(B, minimum=1) if bucket_prompts else B
+    B_pad = -(-B_pad // multiple) * multiple
+    if T + max_new_tokens > config.max_position:
+        raise ValueError(f"prompt ({longest} tokens, bucket {T}) + max_new_tokens ({max_new_tokens}) "
+                         f"exceeds the model's max_position {config.max_position}")
+    pad = config.pad_token_id if pad_id is None else pad_id
+    pad = 0 if pad is None else pad
+    tokens = np.full((B_pad, T), pad, np.int32)
+    mask = np.zeros((B_pad, T), np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, T - len(p):] = p
+        mask[i, T - len(p):] = 1
+    if mesh is not None:
+        tokens = jax.device_put(tokens, batch_sharding(mesh, tokens.shape))
+        mask = jax.device_put(mask, batch_sharding(mesh, mask.shape))
+    fn = _compiled(config, mesh, strategy, int(max_new_tokens), int(num_samples),
+                   tuple(int(s) for s in stop_tokens), int(pad))
+    out = jax.device_get(fn(params, tokens, mask, jax.random.key(seed)))
+    R = B * num_samples
+    return Samples(*(np.asarray(a)[:R] for a in out))
