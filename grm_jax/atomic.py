@@ -33,3 +33,25 @@ def atomic_directory(out: str | Path, *, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_writable(*paths: str | Path, overwrite: bool = False) -> None:
+    """Refuses before any work is done if an output exists and `overwrite` is not set."""
+    for p in paths:
+        if p is not None and Path(p).exists() and not overwrite:
+            raise FileExistsError(f"{p} already exists; pass --overwrite to replace it")
+
+
+def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
+    """Writes `text` to a temporary file beside `path`, then renames it into place."""
+    path = Path(path).absolute()
+    check_writable(path, overwrite=overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -50,3 +50,20 @@ def torch_logits(model, tokens, mask):
 
     with torch.no_grad():
         return model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.float().numpy()
+
+
+CORPUS = ["The quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return a + b",
+          "What is 2 + 3? The answer is 5.", "I cannot help with that request.",
+          "**Bold** and *italic* markdown, with a list:\n- one\n- two"] * 20
+
+
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory):
+    """A tiny random Qwen2 model with a trained byte-level BPE tokenizer and a ChatML template."""
+    from grm_jax.data.tokenizers import save_tokenizer, train_bpe_tokenizer
+
+    d = tmp_path_factory.mktemp("chat") / "qwen2-chat"
+    tok = train_bpe_tokenizer(CORPUS, 320)
+    save_random_hf_model(tiny_hf_config("qwen2", vocab_size=len(tok)), d, seed=4)
+    save_tokenizer(tok, d)
+    return d

@@ -1,0 +1,144 @@
+"""Prompt + response -> token ids and the response span, through the tokenizer's chat template.
+
+With a chat template, the prompt (optionally after a system message, which is how a reward is
+conditioned on a domain) is rendered with `add_generation_prompt=True`, and the full exchange with
+the response as the assistant turn. The response span starts at the first token past the rendered
+prompt and ends with the template's end-of-turn token (the first special token after the
+response text); anything the template writes after it (a newline) is dropped.
+
+Without a template: [BOS] + prompt tokens, then response tokens + [EOS]; a system prompt is
+placed before the prompt, separated by a blank line.
+
+Over-length policy (`max_length`): the response is kept whole when it can be. The prompt is cut
+from the left, down to max(max_length − response, min(prompt, max_length // 2)) tokens; then the
+response is cut from the right to fill `max_length` (losing its end-of-turn token).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+Messages = list[dict]
+
+
+class PromptError(ValueError):
+    """A prompt or response that cannot be encoded (the message says why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """Token ids of prompt + response; the response is ids[start:end] and end == len(ids)."""
+
+    ids: list[int]
+    start: int
+    truncated: bool = False
+
+    @property
+    def end(self) -> int:
+        return len(self.ids)
+
+
+def _as_messages(prompt: str | Messages, system: str | None) -> Messages:
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        messages = [dict(m) for m in prompt]
+        if not messages or any(not isinstance(m.get("content"), str) or "role" not in m for m in messages):
+            raise PromptError("a message-list prompt needs one or more {role, content} dicts")
+    if system is not None:
+        if messages[0]["role"] == "system":
+            messages[0] = {"role": "system", "content": f"{system}\n\n{messages[0]['content']}"}
+        else:
+            messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+class ChatFormatter:
+    """Encodes prompts (for generation) and prompt + response pairs (for scoring)."""
+
+    def __init__(self, tokenizer, *, system_prompt: str | None = None, use_template: bool | None = None):
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if use_template and not has_template:
+            raise PromptError("the tokenizer has no chat template")
+        self.use_template = has_template if use_template is None else use_template
+        self._special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+
+    def _render(self, messages: Messages, generation: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+
+    def _plain_prompt(self, prompt: str | Messages) -> list[int]:
+        if not isinstance(prompt, str):
+            prompt = "\n\n".join(m["content"] for m in _as_messages(prompt, None))
+        if self.system_prompt is not None:
+            prompt = f"{self.system_prompt}\n\n{prompt}"
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if bos is not None else []) + self.tokenizer.encode(prompt, add_special_tokens=False)
+
+    def prompt_ids(self, prompt: str | Messages) -> list[int]:
+        """Token ids of the prompt, ready for the model to write the response."""
+        if not self.use_template:
+            ids = self._plain_prompt(prompt)
+        else:
+            text = self._render(_as_messages(prompt, self.system_prompt), True)
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if not ids:
+            raise PromptError("the prompt encodes to no tokens")
+        return ids
+
+    def encode(self, prompt: str | Messages, response: str, max_length: int | None = None) -> Encoded:
+        """prompt + response ids and where the response starts, cut to `max_length` if given."""
+        if not isinstance(response, str):
+            raise PromptError(f"response must be a string, got {type(response).__name__}")
+        if self.use_template:
+            ids, start = self._encode_template(prompt, response)
+        else:
+            prompt_ids = self._plain_prompt(prompt)
+            eos = self.tokenizer.eos_token_id
+            ids = prompt_ids + self.tokenizer.encode(response, add_special_tokens=False)
+            ids += [eos] if eos is not None else []
+            start = len(prompt_ids)
+        if start == 0:
+            raise PromptError("the prompt encodes to no tokens (the first response token needs a state)")
+        if start == len(ids):
+            raise PromptError("the response encodes to no tokens")
+        return _truncate(ids, start, max_length)
+
+    def _encode_template(self, prompt, response: str) -> tuple[list[int], int]:
+        messages = _as_messages(prompt, self.system_prompt)
+        prefix = self._render(messages, True)
+        full = self._render(messages + [{"role": "assistant", "content": response}], False)
+        if not full.startswith(prefix):
+            raise PromptError("the chat template does not render the prompt as a prefix of prompt + "
+                              "response; pass --no-chat-template to score plain text")
+        body = response.strip()
+        at = full.find(body, len(prefix)) if body else len(prefix)
+        if at < 0:
+            raise PromptError("the chat template changed the response text beyond stripping whitespace")
+        content_end = at + len(body)
+        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+        start = next((i for i, (_, e) in enumerate(offsets) if e > len(prefix)), len(ids))
+        end = start
+        for i in range(start, len(ids)):
+            s, _ = offsets[i]
+            if s >= content_end and ids[i] in self._special:
+                end = i + 1  # the end-of-turn token
+                break
+            if s < content_end:
+                end = i + 1
+        return ids[:end], start
+
+
+def _truncate(ids: Sequence[int], start: int, max_length: int | None) -> Encoded:
+    if max_length is None or len(ids) <= max_length:
+        return Encoded(list(ids), start)
+    if max_length < 2:
+        raise PromptError(f"max_length {max_length} leaves no room for a prompt and a response")
+    prompt, response = list(ids[:start]), list(ids[start:])
+    keep = max(max_length - len(response), min(len(prompt), max_length // 2), 1)
+    prompt = prompt[len(prompt) - keep:]
+    response = response[:max_length - len(prompt)]
+    return Encoded(prompt + response, len(prompt), truncated=True)

@@ -1,0 +1,141 @@
+"""Preference and response files: reading (JSON, JSONL, Parquet through `datasets`), the layout
+detected from the fields, and per-row validation that names the file, row and field.
+
+Layouts (see PAPERS.md, "Evaluation data layouts"):
+  rewardbench  prompt, chosen, rejected (strings), subset, id
+  rmbench      prompt, chosen, rejected (lists of 3 strings: concise, detailed plain, detailed
+               markdown), domain, id
+  plain        prompt, response
+A prompt is a string or a list of {role, content} messages. Rows are numbered from 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+LAYOUTS = ("rewardbench", "rmbench", "plain")
+_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """A file that cannot be read as rows; the message names the file (and row when known)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One valid input row: `responses` are the texts to score (chosen..., rejected... for pairs)."""
+
+    index: int                 # 1-based row number in the file
+    prompt: str | list
+    responses: tuple[str, ...]
+    group: str | None          # subset (RewardBench) or domain (RM-Bench)
+    id: object = None
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """All rows of a JSON / JSONL / Parquet file as dicts, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    kind = _SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unknown file type {path.suffix!r}; use .json, .jsonl or .parquet")
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train", keep_in_memory=True)
+        return [dict(r) for r in ds]
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; fall back to find the row
+        if kind != "json":
+            raise DataError(f"{path}: cannot read as Parquet: {e}") from e
+        return _read_json_rows(path, e)
+
+
+def _read_json_rows(path: Path, cause: Exception) -> list[dict]:
+    """Plain-JSON reading, for files `datasets` rejects (mixed types across rows, bad lines):
+    either the rows, or an error naming the first bad line."""
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from cause
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: row {len(rows) + 1} (line {n}): invalid JSON: {e.msg}") from cause
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r, dict):
+            raise DataError(f"{path}: row {i}: expected a JSON object, got {type(r).__name__}")
+    return rows
+
+
+def detect_layout(rows: list[dict], path: str | Path = "<rows>") -> str:
+    """rewardbench, rmbench or plain, from the fields the rows carry."""
+    fields = set().union(*(r.keys() for r in rows)) if rows else set()
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    if {"chosen", "rejected"} <= fields:
+        lists = sum(isinstance(r.get("chosen"), (list, tuple)) for r in rows)
+        return "rmbench" if lists > len(rows) / 2 else "rewardbench"
+    if "response" in fields:
+        return "plain"
+    raise DataError(f"{path}: cannot tell the layout from fields {sorted(fields)}: expected prompt + "
+                    "chosen + rejected (RewardBench, RM-Bench) or prompt + response")
+
+
+def _check_prompt(value) -> str | None:
+    if isinstance(value, str):
+        return None if value.strip() else "is empty"
+    if isinstance(value, list) and value and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in value):
+        return None
+    return "must be a string or a list of {role, content} messages"
+
+
+def validate(rows: list[dict], layout: str, path: str | Path = "<rows>") -> tuple[list[Row], dict[int, str]]:
+    """(valid rows, {row number: message naming file, row and field} for the bad rows)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    fields = ("chosen", "rejected") if layout != "plain" else ("response",)
+    group_field = {"rewardbench": "subset", "rmbench": "domain", "plain": None}[layout]
+    good, bad = [], {}
+    for i, r in enumerate(rows, 1):
+        problem = None
+        if "prompt" not in r or r["prompt"] is None:
+            problem = "field 'prompt' is missing"
+        elif (why := _check_prompt(r["prompt"])) is not None:
+            problem = f"field 'prompt' {why}"
+        texts = []
+        for f in fields:
+            if problem:
+                break
+            v = r.get(f)
+            if v is None:
+                problem = f"field {f!r} is missing"
+            elif layout == "rmbench":
+                if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, str) for x in v)):
+                    problem = f"field {f!r} must be a list of 3 strings"
+                else:
+                    texts.extend(v)
+            elif not isinstance(v, str):
+                problem = f"field {f!r} must be a string, got {type(v).__name__}"
+            else:
+                texts.append(v)
+        group = r.get(group_field) if group_field else None
+        if not problem and layout == "rmbench" and not isinstance(group, str):
+            problem = "field 'domain' is missing"
+        if problem:
+            bad[i] = f"{path}: row {i}: {problem}"
+        else:
+            good.append(Row(i, r["prompt"], tuple(texts), None if group is None else str(group), r.get("id")))
+    return good, bad
