@@ -43,18 +43,73 @@ def _export_hf(args) -> int:
 
 
 def _bench(args) -> int:
-    from grm_jax.bench import bench_forward
+    from grm_jax import bench
 
-    result = bench_forward(args.model, batch=args.batch, length=args.length, dtype=args.dtype,
-                           steps=args.steps, rounds=args.rounds, mesh_spec=args.mesh,
-                           with_torch=not args.no_torch)
+    common = dict(batch=args.batch, dtype=args.dtype, rounds=args.rounds, mesh_spec=args.mesh,
+                  with_torch=not args.no_torch)
+    if args.bench == "forward":
+        result = bench.bench_forward(args.model, length=args.length, steps=args.steps, **common)
+        what = "forward"
+    elif args.bench == "score":
+        result = bench.bench_score(args.model, length=args.length, response=args.response,
+                                   chunk=args.chunk, steps=args.steps, **common)
+        what = "scoring"
+    else:
+        result = bench.bench_generate(args.model, prompt=args.prompt, new_tokens=args.new_tokens,
+                                      steps=args.steps, **common)
+        what = "greedy decode"
     print(json.dumps(result, indent=2))
-    line = f"grm-jax forward: {result['jax_tokens_per_s']:,.0f} tokens/s"
+    line = f"grm-jax {what}: {result['jax_tokens_per_s']:,.0f} tokens/s"
     if "torch_tokens_per_s" in result:
         line += (f"; transformers: {result['torch_tokens_per_s']:,.0f} tokens/s; "
                  f"ratio {result['ratio_jax_over_torch']:.2f}x")
-    line += f"; MFU {result['jax_mfu']:.1%}" if "jax_mfu" in result else "; MFU n/a (device peak unknown)"
+    if args.bench == "generate":
+        line += (f"; HBM-bandwidth fraction {result['jax_hbm_fraction']:.1%}" if "jax_hbm_fraction" in result
+                 else "; bandwidth fraction n/a (device peak unknown)")
+    else:
+        line += f"; MFU {result['jax_mfu']:.1%}" if "jax_mfu" in result else "; MFU n/a (device peak unknown)"
     print(line)
+    return 0
+
+
+def _mesh(spec):
+    from grm_jax.sharding import mesh_from_spec
+
+    return mesh_from_spec(spec)
+
+
+def _template_flag(args):
+    return False if args.no_chat_template else None
+
+
+def _score(args) -> int:
+    from grm_jax.eval.score import ScoreOptions, format_summary, score_file
+
+    system = Path(args.system_prompt_file).read_text() if args.system_prompt_file else args.system_prompt
+    opts = ScoreOptions(reward=args.reward, batch_size=args.batch_size, max_length=args.max_length,
+                        system_prompt=system, use_template=_template_flag(args),
+                        token_rewards=args.token_rewards, alpha=args.alpha, chunk=args.chunk)
+    summary = score_file(args.model, args.data, args.out, summary_path=args.summary, options=opts,
+                         mesh=_mesh(args.mesh), overwrite=args.overwrite)
+    print(format_summary(summary))
+    return 0
+
+
+def _generate(args) -> int:
+    from grm_jax.eval.generate import generate_file
+    from grm_jax.sampling import strategy_from_args
+
+    strategy = strategy_from_args(args.temperature, args.top_k, args.top_p)
+    summary = generate_file(args.model, args.prompts, args.out, strategy=strategy,
+                            max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
+                            batch_size=args.batch_size, seed=args.seed, system_prompt=args.system_prompt,
+                            use_template=_template_flag(args), mesh=_mesh(args.mesh),
+                            overwrite=args.overwrite)
+    print(f"generated {summary['samples']} samples for {summary['generated_rows']}/{summary['rows']} rows "
+          f"({summary['new_tokens']:,} tokens in {summary['seconds']:.1f}s); bad rows: {summary['bad_rows']}")
+    for m in summary["bad_row_messages"]:
+        print(f"  bad: {m}")
+    print(f"wrote {summary['out']}")
     return 0
 
 
@@ -123,18 +178,94 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(PyTorch) measured in the same run, with their ratio, and MFU "
                                    "where the device's peak FLOP/s is known.")
     bsub = s.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    def bench_args(b, steps):
+        b.add_argument("--model", required=True, help="HF directory (or grm-jax checkpoint, then no torch)")
+        b.add_argument("--batch", type=int, default=8)
+        b.add_argument("--dtype", choices=_DTYPES, help="param/compute dtype (default: the checkpoint's)")
+        b.add_argument("--steps", type=int, default=steps, help="timed calls per round")
+        b.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians reported")
+        b.add_argument("--mesh", help=_MESH_HELP)
+        b.add_argument("--no-torch", action="store_true", help="skip the transformers comparison")
+        b.set_defaults(fn=_bench)
+
     b = bsub.add_parser("forward", help="jitted forward (all-position logits) tokens/s",
                         description="Tokens/s of the jitted forward over a random batch, and of "
                                     "transformers' forward on the same model and batch.")
-    b.add_argument("--model", required=True, help="HF directory (or grm-jax checkpoint, then no torch)")
-    b.add_argument("--batch", type=int, default=8)
+    bench_args(b, 3)
     b.add_argument("--length", type=int, default=512)
-    b.add_argument("--dtype", choices=_DTYPES, help="param/compute dtype (default: the checkpoint's)")
-    b.add_argument("--steps", type=int, default=3, help="timed calls per round")
-    b.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians reported")
-    b.add_argument("--mesh", help=_MESH_HELP)
-    b.add_argument("--no-torch", action="store_true", help="skip the transformers comparison")
-    b.set_defaults(fn=_bench)
+    b = bsub.add_parser("score", help="endogenous-reward scoring tokens/s vs transformers forward",
+                        description="Tokens/s of one jitted endogenous-reward call (forward, LM head "
+                                    "in chunks, rewards of the last --response tokens of each row) "
+                                    "against transformers' plain forward (all-position logits, no "
+                                    "reward math) on the same random batch.")
+    bench_args(b, 3)
+    b.add_argument("--length", type=int, default=512)
+    b.add_argument("--response", type=int, help="response tokens per row (default: half)")
+    b.add_argument("--chunk", type=int, default=512, help="positions per LM-head chunk")
+    b = bsub.add_parser("generate", help="greedy decode tokens/s vs transformers generate",
+                        description="New tokens/s of greedy sampling (prefill included; every row "
+                                    "runs --new-tokens, no stop token) against transformers' "
+                                    "generate(do_sample=False) on the same random prompts. Reports "
+                                    "the fraction of the HBM-bandwidth bound on known accelerators.")
+    bench_args(b, 1)
+    b.add_argument("--prompt", type=int, default=128, help="prompt tokens per row")
+    b.add_argument("--new-tokens", type=int, default=128)
+
+    s = sub.add_parser("score", help="endogenous rewards of a preference or response file",
+                       description="Score every response in FILE with the endogenous reward of "
+                                   "MODEL (logits as a soft Q-function; the reward of a response is "
+                                   "the sum of its token rewards r = Q(s,a) - V(s'), arXiv "
+                                   "2506.23235). The layout is detected from the fields: "
+                                   "RewardBench (prompt, chosen, rejected, subset), RM-Bench "
+                                   "(chosen/rejected as lists of 3, domain), or plain (prompt, "
+                                   "response). Writes one JSONL line per input row, in order (bad "
+                                   "rows get an 'error' line), and a summary JSON with accuracy "
+                                   "per subset/domain and RM-Bench hard/normal/easy.")
+    s.add_argument("--model", required=True, help="HF directory or grm-jax checkpoint (with tokenizer)")
+    s.add_argument("--data", required=True, help="JSON, JSONL or Parquet file")
+    s.add_argument("--out", required=True, help="output JSONL (must not exist)")
+    s.add_argument("--summary", help="summary JSON (default: OUT with suffix .summary.json)")
+    s.add_argument("--reward", default="sum", choices=("sum", "mean", "logprob"),
+                   help="sum: the paper's R = sum of token rewards; mean: R / response tokens "
+                        "(extension); logprob: sum of response log-probs (extension)")
+    s.add_argument("--system-prompt", help="system message placed before every prompt (domain "
+                                           "conditioning of the reward)")
+    s.add_argument("--system-prompt-file", help="read the system prompt from this file")
+    s.add_argument("--no-chat-template", action="store_true",
+                   help="plain [BOS] prompt + response [EOS] even when the tokenizer has a template")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--max-length", type=int, default=2048,
+                   help="longest prompt + response; longer rows keep their response and the end of "
+                        "their prompt (at least max-length/2 prompt tokens), then the response is "
+                        "cut; such rows are counted")
+    s.add_argument("--token-rewards", action="store_true", help="add per-token rewards to each line")
+    s.add_argument("--alpha", type=float, default=1.0, help="soft-Q temperature (1 for an ordinary LM)")
+    s.add_argument("--chunk", type=int, default=512, help="positions per LM-head chunk (memory bound)")
+    s.add_argument("--mesh", help=_MESH_HELP)
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    s.set_defaults(fn=_score)
+
+    s = sub.add_parser("generate", help="sample responses to the prompts of a file",
+                       description="Sample responses to every row of PROMPTS (field 'prompt': a "
+                                   "string or a list of {role, content} messages, or 'messages') "
+                                   "through the tokenizer's chat template. Writes one JSONL line "
+                                   "per (row, sample) with the text, token count, finish reason "
+                                   "and summed log-prob under the model.")
+    s.add_argument("--model", required=True, help="HF directory or grm-jax checkpoint (with tokenizer)")
+    s.add_argument("--prompts", required=True, help="JSON, JSONL or Parquet file")
+    s.add_argument("--out", required=True, help="output JSONL (must not exist)")
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--num-samples", type=int, default=1, help="samples per prompt (one shared prefill)")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=8, help="prompts per call")
+    s.add_argument("--system-prompt")
+    s.add_argument("--no-chat-template", action="store_true")
+    s.add_argument("--mesh", help=_MESH_HELP)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=_generate)
 
     s = sub.add_parser("random-model", help="write a random-init HF model of a family (needs torch)",
                        description="Build a randomly initialized transformers model from the tiny "

@@ -88,6 +88,16 @@ class ChatFormatter:
             raise PromptError("the prompt encodes to no tokens")
         return ids
 
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a generated response: EOS, and the template's end-of-turn token."""
+        eos = self.tokenizer.eos_token_id
+        ids = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
+        if self.use_template:
+            e = self.encode("x", "y")
+            if e.ids[-1] in self._special and e.ids[-1] not in ids:
+                ids.append(e.ids[-1])
+        return ids
+
     def encode(self, prompt: str | Messages, response: str, max_length: int | None = None) -> Encoded:
         """prompt + response ids and where the response starts, cut to `max_length` if given."""
         if not isinstance(response, str):

@@ -93,7 +93,7 @@ def detect_layout(rows: list[dict], path: str | Path = "<rows>") -> str:
                     "chosen + rejected (RewardBench, RM-Bench) or prompt + response")
 
 
-def _check_prompt(value) -> str | None:
+def check_prompt(value) -> str | None:
     if isinstance(value, str):
         return None if value.strip() else "is empty"
     if isinstance(value, list) and value and all(
@@ -113,7 +113,7 @@ def validate(rows: list[dict], layout: str, path: str | Path = "<rows>") -> tupl
         problem = None
         if "prompt" not in r or r["prompt"] is None:
             problem = "field 'prompt' is missing"
-        elif (why := _check_prompt(r["prompt"])) is not None:
+        elif (why := check_prompt(r["prompt"])) is not None:
             problem = f"field 'prompt' {why}"
         texts = []
         for f in fields:

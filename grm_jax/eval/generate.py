@@ -1,0 +1,104 @@
+"""`grm-jax generate`: sample responses to every prompt of a file.
+
+Input rows carry `prompt` (a string or a list of {role, content} messages) or `messages`. Output
+JSONL has one line per (row, sample) in input order, or one "error" line for a bad row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from jax.sharding import Mesh
+
+from grm_jax.atomic import atomic_write_text, check_writable
+from grm_jax.data.chat import ChatFormatter, PromptError
+from grm_jax.data.preference import DataError, check_prompt, read_rows
+from grm_jax.sampling import Greedy, Strategy, generate
+
+
+def _prompt_of(row: dict):
+    for field in ("prompt", "messages"):
+        if field in row and row[field] is not None:
+            why = check_prompt(row[field])
+            return (row[field], None) if why is None else (None, f"field {field!r} {why}")
+    return None, "field 'prompt' (or 'messages') is missing"
+
+
+def generate_file(model: str | Path, prompts: str | Path, out: str | Path, *,
+                  strategy: Strategy = Greedy(), max_new_tokens: int = 256, num_samples: int = 1,
+                  batch_size: int = 8, seed: int = 0, system_prompt: str | None = None,
+                  use_template: bool | None = None, mesh: Mesh | None = None,
+                  overwrite: bool = False, progress: bool = True) -> dict:
+    """Samples `num_samples` responses per prompt row and writes them to `out`; returns a summary."""
+    from transformers import AutoTokenizer
+
+    from grm_jax.loading import load_any
+
+    out = Path(out)
+    check_writable(out, overwrite=overwrite)
+    rows = read_rows(prompts)
+    if not rows:
+        raise DataError(f"{prompts}: no rows")
+    cfg, params, tok_dir = load_any(model, mesh=mesh, progress=progress)
+    if tok_dir is None:
+        raise FileNotFoundError(f"{model}: no tokenizer files next to the model")
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    formatter = ChatFormatter(tokenizer, system_prompt=system_prompt, use_template=use_template)
+    stop = formatter.stop_ids()
+
+    errors, todo = {}, []
+    for i, row in enumerate(rows, 1):
+        prompt, why = _prompt_of(row)
+        if why is None:
+            try:
+                todo.append((i, formatter.prompt_ids(prompt)))
+                continue
+            except PromptError as e:
+                why = str(e)
+        errors[i] = f"{prompts}: row {i}: {why}"
+
+    todo.sort(key=lambda t: -len(t[1]))
+    results: dict[int, list[dict]] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc="generating", unit="prompt")
+    t0, new_tokens = time.perf_counter(), 0
+    for k in range(0, len(todo), batch_size):
+        chunk = todo[k:k + batch_size]
+        s = generate(params, cfg, [ids for _, ids in chunk], strategy=strategy,
+                     max_new_tokens=max_new_tokens, stop_tokens=stop, num_samples=num_samples,
+                     seed=seed + k, mesh=mesh)
+        for j, (i, ids) in enumerate(chunk):
+            results[i] = []
+            for n in range(num_samples):
+                r = j * num_samples + n
+                length = int(s.lengths[r])
+                body = s.tokens[r, :length - 1] if s.stopped[r] else s.tokens[r, :length]
+                results[i].append({
+                    "row": i, "sample": n, "response": tokenizer.decode(body, skip_special_tokens=True),
+                    "prompt_tokens": len(ids), "tokens": length,
+                    "finish": "stop" if s.stopped[r] else "length",
+                    "logprob": float(s.logprobs[r, :length].sum())})
+                new_tokens += length
+        if bar:
+            bar.update(len(chunk))
+    if bar:
+        bar.close()
+    seconds = time.perf_counter() - t0
+
+    lines = []
+    for i, row in enumerate(rows, 1):
+        if i in errors:
+            lines.append({"row": i, "error": errors[i]})
+            continue
+        for item in results[i]:
+            if row.get("id") is not None:
+                item = {"id": row["id"], **item}
+            lines.append(item)
+    atomic_write_text(out, "".join(json.dumps(x) + "\n" for x in lines), overwrite=overwrite)
+    return {"rows": len(rows), "generated_rows": len(results), "bad_rows": len(errors),
+            "bad_row_messages": [errors[i] for i in sorted(errors)][:20], "samples": len(results) * num_samples,
+            "new_tokens": new_tokens, "seconds": round(seconds, 3), "out": str(out)}
