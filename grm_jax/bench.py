@@ -137,9 +137,9 @@ def bench_score(model: str | Path, *, batch: int = 8, length: int = 512, respons
     fn = jitted_rewards(cfg, mesh, 1.0, chunk)
 
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(params, *args))
+    jax.block_until_ready(fn(params, *args, response))
     compile_s = time.perf_counter() - t0
-    run_jax = lambda: jax.block_until_ready(fn(params, *args))  # noqa: E731
+    run_jax = lambda: jax.block_until_ready(fn(params, *args, response))  # noqa: E731
     run_torch = _torch_forward(model, tokens, cfg.param_dtype) if with_torch and is_hf_dir(model) else None
     if run_torch:
         run_torch()

@@ -26,7 +26,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from grm_jax.models.config import ModelConfig
-from grm_jax.models.decoder import CACHE_LOGICAL_NAMES, Decoder, init_cache, positions_from_mask
+from grm_jax.models.decoder import (CACHE_LOGICAL_NAMES, Decoder, init_cache, positions_from_mask,
+                                    unstack_layers)
 from grm_jax.sharding import batch_sharding, constrain
 
 _NEG = -1e30
@@ -151,12 +152,13 @@ def _batch_multiple(mesh: Mesh | None) -> int:
 @functools.lru_cache(maxsize=64)
 def _compiled(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_new: int,
               num_samples: int, stop: tuple[int, ...], pad_id: int):
-    model = Decoder(config, mesh)
+    model = Decoder(config, mesh, unrolled=True)
 
     def constrain_cache(cache):
         return {k: constrain(v, CACHE_LOGICAL_NAMES[k], mesh) for k, v in cache.items()}
 
     def run(params, prompt_BT, mask_BT, rng):
+        params = unstack_layers(params)  # one copy of the layer weights, outside the loop
         B, T = prompt_BT.shape
         R = B * num_samples
         positions_BT = positions_from_mask(mask_BT)

@@ -72,7 +72,8 @@ def test_rewards_match_numpy_from_transformers_logits(family, alpha, hf_models, 
     np.testing.assert_allclose(np.asarray(got["value"]), want[:, 2], atol=TOL, rtol=0)
     np.testing.assert_allclose(np.asarray(got["mean"]), want[:, 0] / want[:, 3], atol=TOL, rtol=0)
     np.testing.assert_allclose(np.asarray(got["tokens"]).sum(1), want[:, 0], atol=TOL, rtol=0)
-    assert (np.asarray(got["tokens"])[response == 0] == 0).all()
+    past = np.arange(tokens.shape[1])[None] >= response.sum(1)[:, None]
+    assert (np.asarray(got["tokens"])[past] == 0).all() and (np.asarray(got["count"]) == want[:, 3]).all()
 
 
 def test_identity_sum_is_alpha_logprob_plus_initial_value(hf_models):
@@ -102,14 +103,17 @@ def test_causal_shift_reads_the_logits_before_each_token(hf_models, torch_logits
     assert abs(right - off_by_one) > 1.0
 
 
-def test_chunking_does_not_change_rewards(hf_models):
+def test_chunking_and_window_do_not_change_rewards(hf_models):
     cfg, params = load_hf(hf_models("qwen3")[0], progress=False)
     tokens, _, positions, response = _batch(cfg.vocab_size, seed=2)
     args = (jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(response))
     a = endogenous_rewards(params, cfg, *args, chunk=5)
     b = endogenous_rewards(params, cfg, *args, chunk=512)
-    for k in ("sum", "logprob", "tokens"):
+    c = endogenous_rewards(params, cfg, *args, chunk=4, window=int(response.sum(1).max()))
+    for k in ("sum", "logprob", "value"):
         np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(np.asarray(c[k]), np.asarray(b[k]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(a["tokens"]), np.asarray(b["tokens"]), atol=1e-5, rtol=0)
 
 
 def test_ranking_by_sum_equals_ranking_by_logprob_for_one_prompt(hf_models):

@@ -92,7 +92,7 @@ def test_cache_shardings_cover_the_cache():
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     cache = jax.eval_shape(lambda: init_cache(cfg, 8, 1024))
     shardings = tree_shardings(CACHE_LOGICAL_NAMES, cache, mesh)
-    assert shardings["k"].spec == P(None, ("data", "fsdp"), None, "tensor", None)
+    assert shardings["k"].spec == P(None, ("data", "fsdp"), "tensor", None, None)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -78,11 +78,12 @@ def score_encoded(params, config: ModelConfig, encoded: Sequence[Encoded], *, ba
         arrays = [tokens, positions, response]
         if mesh is not None:
             arrays = [jax.device_put(a, batch_sharding(mesh, a.shape)) for a in arrays]
-        out = jax.device_get(fn(params, *arrays))
+        window = min(bucket(max(encoded[i].end - encoded[i].start for i in idx)), T)
+        out = jax.device_get(fn(params, *arrays, window))
         for row, i in enumerate(idx):
             e = encoded[i]
             results[i] = {k: float(out[k][row]) for k in ("sum", "mean", "logprob", "value", "count")}
-            results[i]["tokens"] = out["tokens"][row, e.start:e.end].tolist()
+            results[i]["tokens"] = out["tokens"][row, :e.end - e.start].tolist()
         if bar:
             bar.update(len(idx))
     if bar:

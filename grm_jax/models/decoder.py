@@ -6,7 +6,7 @@ Padding is carried by `positions`: a negative position marks a padding token, wh
 attends to. Attention is causal over cache *slots* (as in transformers), so a left-padded batch
 whose rows end at the same slot decodes together.
 
-The KV cache is an explicit pytree `{"k": [L,B,S,K,H], "v": [L,B,S,K,H], "positions": [B,S],
+The KV cache is an explicit pytree `{"k": [L,B,K,S,H], "v": [L,B,K,S,H], "positions": [B,S],
 "end": []}`: `end` is the next slot to write. Without a cache the queries attend to the new
 tokens alone and no key/value buffers are kept.
 """
@@ -34,14 +34,14 @@ def positions_from_mask(mask_BT: jax.Array) -> jax.Array:
 def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> Cache:
     """An empty KV cache for `batch` rows of up to `length` tokens."""
     dtype = dtype or dtype_of(config.dtype)
-    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch, config.num_kv_heads, length, config.head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "positions": jnp.full((batch, length), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
 
 
 CACHE_LOGICAL_NAMES = {
-    "k": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-    "v": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "k": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
+    "v": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
     "positions": ("batch", "cache_length"),
     "end": (),
 }
@@ -54,9 +54,11 @@ class Block(nn.Module):
     mesh: Mesh | None = None
 
     @nn.compact
-    def __call__(self, x_BTD, xs, shared):
+    def __call__(self, carry, xs, shared):
         cfg = self.config
-        is_sliding, kv = xs
+        x_BTD, kv_LBKSH = carry
+        is_sliding, layer = xs
+        kv = None if kv_LBKSH is None else (*kv_LBKSH, layer)
         tables, mask_full, mask_sliding, start = shared
         mask_BTS = jnp.where(is_sliding, mask_sliding, mask_full) if cfg.has_sliding else mask_full
         if len(tables) == 2:  # sliding layers have their own RoPE base (Gemma 3)
@@ -77,14 +79,21 @@ class Block(nn.Module):
         if cfg.sandwich_norms:
             h = norm("post_mlp_norm")(h)
         x_BTD = constrain(x_BTD + h, ("batch", "length", "embed"), self.mesh)
-        return x_BTD, kv
+        return (x_BTD, None if kv is None else kv[:2]), None
 
 
 class Decoder(nn.Module):
-    """Decoder-only language model for every supported family (see ModelConfig)."""
+    """Decoder-only language model for every supported family (see ModelConfig).
+
+    Params keep the layers stacked (`params["layers"]`, leading axis L) and the stack runs as a
+    scan. `unrolled=True` runs a Python loop over per-layer params instead (`unstack_layers`
+    makes them): on CPU, XLA copies each layer's weights out of the stack inside a scan, which
+    doubled the time of a memory-bound decode step, so the sampler unstacks once per call.
+    """
 
     config: ModelConfig
     mesh: Mesh | None = None
+    unrolled: bool = False
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, cache: Cache | None = None, *,
@@ -108,7 +117,7 @@ class Decoder(nn.Module):
         dtype, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
         use_cache = cache is not None
         if use_cache:
-            start, S, past_positions_BS = cache["end"], cache["k"].shape[2], cache["positions"]
+            start, S, past_positions_BS = cache["end"], cache["k"].shape[3], cache["positions"]
             kv = (cache["k"], cache["v"])
         else:
             start, S, past_positions_BS, kv = jnp.zeros((), jnp.int32), T, jnp.full((B, T), -1, jnp.int32), None
@@ -134,12 +143,18 @@ class Decoder(nn.Module):
             mask_sliding = mask_full & in_window[None]
 
         is_sliding_L = jnp.asarray([k == SLIDING for k in cfg.kinds])
-        stack = nn.scan(
-            Block, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=(0, nn.broadcast), length=cfg.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"})
-        x_BTD, kv = stack(cfg, self.mesh, name="layers")(
-            x_BTD, (is_sliding_L, kv), (tables, mask_full, mask_sliding, start))
+        shared = (tables, mask_full, mask_sliding, start)
+        if self.unrolled:
+            for layer in range(cfg.num_layers):
+                (x_BTD, kv), _ = Block(cfg, self.mesh, name=f"layer_{layer}")(
+                    (x_BTD, kv), (is_sliding_L[layer], layer), shared)
+        else:
+            stack = nn.scan(
+                Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(0, nn.broadcast), length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"})
+            (x_BTD, kv), _ = stack(cfg, self.mesh, name="layers")(
+                (x_BTD, kv), (is_sliding_L, jnp.arange(cfg.num_layers)), shared)
 
         h_BTD = RMSNorm(cfg.norm_eps, cfg.norm_plus_one, cfg.param_dtype, name="final_norm")(x_BTD)
         new_cache = None
@@ -171,6 +186,17 @@ def lm_head_logits(params, config: ModelConfig, h_BTD: jax.Array) -> jax.Array:
     `apply(..., hidden_only=True)`: float32 logits [B, T, V]."""
     head = params["embedding"] if config.tie_embeddings else params["lm_head"]
     return _logits(config, h_BTD, head)
+
+
+def unstack_layers(params) -> dict:
+    """Params for `Decoder(..., unrolled=True)`: the stacked `layers` split into `layer_0`.. .
+
+    Inside a jitted function this makes one copy of the layer weights per call."""
+    L = jax.tree.leaves(params["layers"])[0].shape[0]
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for layer in range(L):
+        out[f"layer_{layer}"] = jax.tree.map(lambda a, i=layer: a[i], params["layers"])
+    return out
 
 
 def abstract_params(config: ModelConfig):

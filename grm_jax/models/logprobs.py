@@ -18,7 +18,8 @@ from grm_jax.sharding import constrain
 
 
 def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, positions_BT: jax.Array, *,
-                     alpha: float = 1.0, chunk: int = 512, mesh: Mesh | None = None):
+                     alpha: float = 1.0, chunk: int = 512, mesh: Mesh | None = None,
+                     starts_B: jax.Array | None = None, window: int | None = None):
     """Per-position target logit and soft value.
 
     Args:
@@ -28,14 +29,27 @@ def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, position
       alpha: the soft-Q temperature α (1 for an ordinary LM).
       chunk: positions per LM-head chunk.
       mesh: device mesh for sharding constraints, or None.
+      starts_B, window: if given, only the `window` positions from starts_B - 1 of each row are
+        scored (the positions that predict tokens starts_B .. starts_B + window - 1): the LM head
+        then never runs over the prompt.
 
     Returns:
-      (q_BT, v_BT) float32. q[:, t] = logits_t[tokens[:, t + 1]] (0 at t = T - 1);
-      v[:, t] = α·logsumexp(logits_t / α). So log π(tokens[t+1] | tokens[:t+1]) = (q[t] - v[t]) / α.
+      (q, v) float32, [B, T] (or [B, window] with starts_B). Without a window,
+      q[:, t] = logits_t[tokens[:, t + 1]] (0 at t = T - 1) and v[:, t] = α·logsumexp(logits_t / α),
+      so log π(tokens[t+1] | tokens[:t+1]) = (q[t] - v[t]) / α. With a window, column j is
+      position p = starts_B - 1 + j (clipped to the row): q[j] is the logit of token p + 1.
     """
     B, T = tokens_BT.shape
     h_BTD, _ = Decoder(config, mesh).apply({"params": params}, tokens_BT, positions_BT, hidden_only=True)
     next_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros_like(tokens_BT[:, :1])], axis=1)
+    last = None
+    if starts_B is not None:
+        W = int(window or T)
+        at_BW = jnp.clip(starts_B[:, None] - 1 + jnp.arange(W)[None, :], 0, T - 1)
+        h_BTD = jnp.take_along_axis(h_BTD, at_BW[..., None], axis=1)
+        next_BT = jnp.take_along_axis(next_BT, at_BW, axis=1)
+        last = at_BW == T - 1
+        T = W
     C = min(chunk, T)
     n = -(-T // C)
     pad = n * C - T
@@ -55,7 +69,9 @@ def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, position
     q_nBC, v_nBC = jax.lax.map(one, (h_nBCD, next_nBC))
     q_BT = q_nBC.swapaxes(0, 1).reshape(B, n * C)[:, :T]
     v_BT = v_nBC.swapaxes(0, 1).reshape(B, n * C)[:, :T]
-    return q_BT.at[:, -1].set(0.0), v_BT
+    if last is None:
+        return q_BT.at[:, -1].set(0.0), v_BT
+    return jnp.where(last, 0.0, q_BT), v_BT
 
 
 def token_logprobs(params, config: ModelConfig, tokens_BT, positions_BT, *, chunk: int = 512,

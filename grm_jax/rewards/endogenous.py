@@ -15,7 +15,8 @@ Reductions (`REWARDS`):
   sum      the paper's R.
   mean     extension: R / number of response tokens (length-normalized).
   logprob  extension: Σ_h log π(a_h | s_h), R without V(s_1) and without α.
-Per-token rewards r_h are returned too (extension: per-token output).
+Per-token rewards r_h are returned too (extension: per-token output). The LM head runs only over
+the positions that predict response tokens, never over the prompt.
 """
 
 from __future__ import annotations
@@ -32,74 +33,73 @@ from grm_jax.models.logprobs import next_token_stats
 REWARDS = ("sum", "mean", "logprob")
 
 
-def token_rewards(q_BT: jax.Array, v_BT: jax.Array, response_BT: jax.Array) -> jax.Array:
-    """r at each response token, 0 elsewhere (Eq. 11 of the paper, γ = 1).
+def token_rewards(q_BW: jax.Array, v_BW: jax.Array, count_B: jax.Array) -> jax.Array:
+    """r_h for the response tokens h = 0 .. count - 1 of each row (Eq. 11 of the paper, γ = 1).
 
     Args:
-      q_BT: q[t] = Q(s_t, tokens[t + 1]), the logit of the next token at position t.
-      v_BT: v[t] = V(s after tokens[: t + 1]) = α·logsumexp(logits_t / α).
-      response_BT: 1 at response tokens (one contiguous run per row, not at position 0).
+      q_BW: q[h] = Q(s_h, a_h), the logit of response token h at the position before it.
+      v_BW: v[h] = V(s_h) = α·logsumexp(logits / α) at that same position.
+      count_B: response tokens per row.
 
     Returns:
-      r_BT with r[j] = q[j - 1] − v[j] at response token j, and r[j] = q[j - 1] at its last one.
+      r_BW with r[h] = q[h] − v[h + 1] for h < count − 1, r[count − 1] = q[count − 1] (V = 0 at
+      the terminal state), and 0 past the response.
     """
-    resp = response_BT.astype(bool)
-    q_prev_BT = jnp.concatenate([jnp.zeros_like(q_BT[:, :1]), q_BT[:, :-1]], axis=1)
-    resp_next = jnp.concatenate([resp[:, 1:], jnp.zeros_like(resp[:, :1])], axis=1)
-    v_next_BT = jnp.where(resp_next, v_BT, 0.0)  # V = 0 at the terminal state
-    return jnp.where(resp, q_prev_BT - v_next_BT, 0.0)
+    h_W = jnp.arange(q_BW.shape[1])
+    v_next_BW = jnp.concatenate([v_BW[:, 1:], jnp.zeros_like(v_BW[:, :1])], axis=1)
+    v_next_BW = jnp.where(h_W[None] + 1 < count_B[:, None], v_next_BW, 0.0)
+    return jnp.where(h_W[None] < count_B[:, None], q_BW - v_next_BW, 0.0)
 
 
-def response_logprobs(q_BT, v_BT, response_BT, alpha: float = 1.0) -> jax.Array:
-    """log π(a_h | s_h) = (Q(s_h, a_h) − V(s_h)) / α at each response token, 0 elsewhere."""
-    logp_BT = (q_BT - v_BT) / alpha
-    logp_prev_BT = jnp.concatenate([jnp.zeros_like(logp_BT[:, :1]), logp_BT[:, :-1]], axis=1)
-    return jnp.where(response_BT.astype(bool), logp_prev_BT, 0.0)
-
-
-def initial_values(v_BT, response_BT) -> jax.Array:
-    """V(s_1) per row: the soft value at the position before the first response token."""
-    resp = response_BT.astype(bool)
-    first_B = jnp.argmax(resp, axis=1)
-    return jnp.take_along_axis(v_BT, jnp.maximum(first_B - 1, 0)[:, None], axis=1)[:, 0]
+def response_logprobs(q_BW, v_BW, count_B, alpha: float = 1.0) -> jax.Array:
+    """log π(a_h | s_h) = (Q(s_h, a_h) − V(s_h)) / α for the response tokens, 0 past them."""
+    h_W = jnp.arange(q_BW.shape[1])
+    return jnp.where(h_W[None] < count_B[:, None], (q_BW - v_BW) / alpha, 0.0)
 
 
 def endogenous_rewards(params, config: ModelConfig, tokens_BT, positions_BT, response_BT, *,
-                       alpha: float = 1.0, chunk: int = 512, mesh: Mesh | None = None) -> dict:
+                       alpha: float = 1.0, chunk: int = 512, window: int | None = None,
+                       mesh: Mesh | None = None) -> dict:
     """All endogenous rewards of a padded batch from one forward.
 
     Args:
       params, config: the decoder.
       tokens_BT, positions_BT: prompt + response per row (negative position = padding).
-      response_BT: 1 at the response tokens, end-of-turn token included.
+      response_BT: 1 at the response tokens (one contiguous run per row, after at least one
+        prompt token), end-of-turn token included.
       alpha: soft-Q temperature α.
       chunk: positions per LM-head chunk (bounds the float32 logits held at once).
+      window: static bound on the response tokens of any row (default T). The LM head runs over
+        `window` positions per row, not over the prompt.
       mesh: device mesh for sharding constraints, or None.
 
     Returns:
-      {"sum": R [B], "mean": [B], "logprob": [B], "value": V(s_1) [B], "tokens": r [B, T],
-       "count": response tokens [B]}.
+      {"sum": R [B], "mean": [B], "logprob": [B], "value": V(s_1) [B], "count": [B],
+       "tokens": r_h [B, window] (column h is the h-th response token; 0 past the response)}.
     """
-    q_BT, v_BT = next_token_stats(params, config, tokens_BT, positions_BT, alpha=alpha, chunk=chunk,
-                                  mesh=mesh)
-    r_BT = token_rewards(q_BT, v_BT, response_BT)
-    count_B = response_BT.astype(jnp.float32).sum(axis=1)
-    total_B = r_BT.sum(axis=1)
+    response_BT = response_BT.astype(jnp.int32)
+    starts_B = jnp.argmax(response_BT, axis=1)
+    count_B = response_BT.sum(axis=1)
+    q_BW, v_BW = next_token_stats(params, config, tokens_BT, positions_BT, alpha=alpha, chunk=chunk,
+                                  mesh=mesh, starts_B=starts_B, window=window or tokens_BT.shape[1])
+    r_BW = token_rewards(q_BW, v_BW, count_B)
+    total_B = r_BW.sum(axis=1)
+    count_f = count_B.astype(jnp.float32)
     return {
         "sum": total_B,
-        "mean": total_B / jnp.maximum(count_B, 1.0),
-        "logprob": response_logprobs(q_BT, v_BT, response_BT, alpha).sum(axis=1),
-        "value": initial_values(v_BT, response_BT),
-        "tokens": r_BT,
-        "count": count_B,
+        "mean": total_B / jnp.maximum(count_f, 1.0),
+        "logprob": response_logprobs(q_BW, v_BW, count_B, alpha).sum(axis=1),
+        "value": v_BW[:, 0],
+        "tokens": r_BW,
+        "count": count_f,
     }
 
 
 @functools.lru_cache(maxsize=16)
 def jitted_rewards(config: ModelConfig, mesh: Mesh | None, alpha: float = 1.0, chunk: int = 512):
-    """`endogenous_rewards` compiled once per (config, mesh, α, chunk): fn(params, tokens,
-    positions, response) -> dict."""
-    def run(params, tokens_BT, positions_BT, response_BT):
+    """`endogenous_rewards` compiled per (config, mesh, α, chunk) and shape: fn(params, tokens,
+    positions, response, window) -> dict, `window` static."""
+    def run(params, tokens_BT, positions_BT, response_BT, window):
         return endogenous_rewards(params, config, tokens_BT, positions_BT, response_BT,
-                                  alpha=alpha, chunk=chunk, mesh=mesh)
-    return jax.jit(run)
+                                  alpha=alpha, chunk=chunk, window=window, mesh=mesh)
+    return jax.jit(run, static_argnums=4)
