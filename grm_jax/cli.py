@@ -56,7 +56,7 @@ def _bench(args) -> int:
         what = "scoring"
     else:
         result = bench.bench_generate(args.model, prompt=args.prompt, new_tokens=args.new_tokens,
-                                      steps=args.steps, **common)
+                                      steps=args.steps, bandwidth=args.peak_bandwidth, **common)
         what = "greedy decode"
     print(json.dumps(result, indent=2))
     line = f"grm-jax {what}: {result['jax_tokens_per_s']:,.0f} tokens/s"
@@ -64,7 +64,7 @@ def _bench(args) -> int:
         line += (f"; transformers: {result['torch_tokens_per_s']:,.0f} tokens/s; "
                  f"ratio {result['ratio_jax_over_torch']:.2f}x")
     if args.bench == "generate":
-        line += (f"; HBM-bandwidth fraction {result['jax_hbm_fraction']:.1%}" if "jax_hbm_fraction" in result
+        line += (f"; memory-bandwidth fraction {result['jax_hbm_fraction']:.1%}" if "jax_hbm_fraction" in result
                  else "; bandwidth fraction n/a (device peak unknown)")
     else:
         line += f"; MFU {result['jax_mfu']:.1%}" if "jax_mfu" in result else "; MFU n/a (device peak unknown)"
@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_args(b, 1)
     b.add_argument("--prompt", type=int, default=128, help="prompt tokens per row")
     b.add_argument("--new-tokens", type=int, default=128)
+    b.add_argument("--peak-bandwidth", type=float, metavar="BYTES_PER_S",
+                   help="memory bandwidth to take as the bound (default: the vendor figure of a "
+                        "known GPU/TPU; none on CPU)")
 
     s = sub.add_parser("score", help="endogenous rewards of a preference or response file",
                        description="Score every response in FILE with the endogenous reward of "
@@ -235,9 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain [BOS] prompt + response [EOS] even when the tokenizer has a template")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--max-length", type=int, default=2048,
-                   help="longest prompt + response; longer rows keep their response and the end of "
-                        "their prompt (at least max-length/2 prompt tokens), then the response is "
-                        "cut; such rows are counted")
+                   help="longest prompt + response (default 2048). A longer row keeps the last "
+                        "max(L - response, min(prompt, L/2)) tokens of its prompt, then its "
+                        "response is cut from the right to fit; such rows are counted")
     s.add_argument("--token-rewards", action="store_true", help="add per-token rewards to each line")
     s.add_argument("--alpha", type=float, default=1.0, help="soft-Q temperature (1 for an ordinary LM)")
     s.add_argument("--chunk", type=int, default=512, help="positions per LM-head chunk (memory bound)")

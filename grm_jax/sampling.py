@@ -26,8 +26,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from grm_jax.models.config import ModelConfig
-from grm_jax.models.decoder import (CACHE_LOGICAL_NAMES, Decoder, init_cache, positions_from_mask,
-                                    unstack_layers)
+from grm_jax.models.decoder import (CACHE_LOGICAL_NAMES, Decoder, init_cache, lm_head_logits,
+                                    positions_from_mask, unstack_layers)
 from grm_jax.sharding import batch_sharding, constrain
 
 _NEG = -1e30
@@ -163,9 +163,10 @@ def _compiled(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_ne
         R = B * num_samples
         positions_BT = positions_from_mask(mask_BT)
         cache = constrain_cache(init_cache(config, B, T + max_new))
-        logits_BTV, cache = model.apply({"params": params}, prompt_BT, positions_BT, cache)
-        # Rows are left-padded, so every prompt ends at slot T - 1.
-        logits_RV = jnp.repeat(logits_BTV[:, -1], num_samples, axis=0)
+        h_BTD, cache = model.apply({"params": params}, prompt_BT, positions_BT, cache, hidden_only=True)
+        # Rows are left-padded, so every prompt ends at slot T - 1: only its logits are needed.
+        logits_B1V = lm_head_logits(params, config, h_BTD[:, -1:])
+        logits_RV = jnp.repeat(logits_B1V[:, 0], num_samples, axis=0)
         next_pos_R = jnp.repeat(positions_BT[:, -1] + 1, num_samples, axis=0)
         if num_samples > 1:
             cache = constrain_cache({

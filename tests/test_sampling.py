@@ -179,3 +179,14 @@ def test_bad_prompts(gemma2):
         generate(params, cfg, [[5, 6], []])
     with pytest.raises(ValueError, match="max_position"):
         generate(params, cfg, [[5] * 10], max_new_tokens=cfg.max_position)
+
+
+def test_unrolled_layers_equal_the_scanned_stack(gemma2):
+    from grm_jax.models.decoder import unstack_layers
+
+    cfg, params = gemma2
+    tokens = jnp.asarray(np.random.default_rng(2).integers(3, cfg.vocab_size, (2, 12)), jnp.int32)
+    positions = positions_from_mask(jnp.ones_like(tokens))
+    scanned, _ = Decoder(cfg).apply({"params": params}, tokens, positions)
+    unrolled, _ = Decoder(cfg, unrolled=True).apply({"params": unstack_layers(params)}, tokens, positions)
+    assert np.abs(np.asarray(scanned) - np.asarray(unrolled)).max() < TOL
