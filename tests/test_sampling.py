@@ -108,6 +108,9 @@ def test_top_k_one_is_greedy(gemma2):
     greedy = generate(params, cfg, prompts, strategy=Greedy(), max_new_tokens=10)
     top1 = generate(params, cfg, prompts, strategy=TopK(1, 0.5), max_new_tokens=10, seed=7)
     np.testing.assert_array_equal(top1.tokens, greedy.tokens)
+    scanned = generate(params, cfg, prompts, strategy=Greedy(), max_new_tokens=10, unroll_layers=False)
+    np.testing.assert_array_equal(scanned.tokens, greedy.tokens)
+    assert np.abs(scanned.logprobs - greedy.logprobs).max() < TOL
 
 
 def test_seed_reproduces_and_changes(gemma2):
