@@ -1,0 +1,78 @@
+"""Generative reward model prompts (PAPERS.md part A): Jinja templates under configs/prompts/.
+
+Templates get `history` (the conversation before the last user turn, as {role, content}),
+`query` (the last user turn) and `responses` (in the order shown). The layout — section headers,
+`[The Begin of Response i]` / `[The End of Response i]` delimiters, the three output lines, the
+boxed list — is the interface a published DeepSeek-GRM checkpoint was trained on; the wording is
+ours. Users can pass their own template file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "configs" / "prompts"
+
+
+@dataclasses.dataclass(frozen=True)
+class GrmFormat:
+    """How a template's reply is read: the line marker before the box and the score range."""
+
+    template: str           # a name under configs/prompts/ (without .jinja) or a file path
+    low: int = 1
+    high: int = 10
+    marker: str = "Scores:"
+    picks_best: bool = False  # the reply names the best response's 1-based index, not scores
+
+
+MULTI = GrmFormat("grm_multi")
+SINGLE = GrmFormat("grm_single", low=0, high=1)
+JUDGE = GrmFormat("judge_best", marker="Best:", picks_best=True)
+
+
+def template_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".jinja" or p.exists():
+        if not p.is_file():
+            raise FileNotFoundError(f"template {p} not found")
+        return p
+    p = PROMPTS_DIR / f"{name_or_path}.jinja"
+    if not p.is_file():
+        names = sorted(x.stem for x in PROMPTS_DIR.glob("*.jinja")) if PROMPTS_DIR.is_dir() else []
+        raise FileNotFoundError(f"no template {name_or_path!r} in {PROMPTS_DIR} (have {names})")
+    return p
+
+
+def load_template(name_or_path: str | Path):
+    import jinja2
+
+    path = template_path(name_or_path)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+    try:
+        return env.from_string(path.read_text(encoding="utf-8"))
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(f"{path}: line {e.lineno}: {e.message}") from e
+
+
+def split_conversation(prompt: str | list[dict]) -> tuple[list[dict], str]:
+    """(history, last user query) of a prompt string or message list."""
+    if isinstance(prompt, str):
+        return [], prompt
+    users = [i for i, m in enumerate(prompt) if m.get("role") == "user"]
+    if not users:
+        raise ValueError("a message-list prompt needs a user turn")
+    last = users[-1]
+    return [dict(m) for m in prompt[:last]], prompt[last]["content"]
+
+
+def render(template, prompt: str | list[dict], responses: Sequence[str]) -> str:
+    """The GRM's user message for `prompt` and `responses` (in the order given)."""
+    history, query = split_conversation(prompt)
+    return template.render(history=history, query=query, responses=list(responses))
+
+
+def render_meta(template, grm_prompt: str, judgment: str) -> str:
+    """The meta RM's input: the GRM prompt and one sampled judgment."""
+    return template.render(grm_prompt=grm_prompt, judgment=judgment)
