@@ -4,6 +4,7 @@ Layout of a model checkpoint directory:
   model_config.json   the ModelConfig
   params/             Orbax checkpoint of the param pytree
   tokenizer/          tokenizer files copied from the source HF directory (optional)
+  value_head.npz      a scalar reward model's value head (optional)
 
 It is written under a temporary name and renamed into place when complete.
 """
@@ -14,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
@@ -30,13 +32,18 @@ def is_model_checkpoint(path: str | Path) -> bool:
 
 
 def save_model(ckpt_dir: str | Path, params, cfg: ModelConfig, *, tokenizer_files=(),
-               overwrite: bool = False) -> Path:
-    """Saves params and config to `ckpt_dir` atomically; refuses an existing one unless overwrite."""
+               extra_arrays: dict[str, dict] | None = None, overwrite: bool = False) -> Path:
+    """Saves params and config to `ckpt_dir` atomically; refuses an existing one unless overwrite.
+
+    `extra_arrays` {name: {key: array}} are written as NAME.npz beside the params (a value head).
+    """
     with atomic_directory(ckpt_dir, overwrite=overwrite) as tmp:
         cfg.save(tmp / CONFIG_FILE)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", params)
             ckptr.wait_until_finished()
+        for name, arrays in (extra_arrays or {}).items():
+            np.savez(tmp / f"{name}.npz", **{k: np.asarray(v) for k, v in arrays.items()})
         files = [Path(f) for f in tokenizer_files]
         if files:
             (tmp / "tokenizer").mkdir()

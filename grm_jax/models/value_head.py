@@ -1,0 +1,30 @@
+"""A scalar value head on the decoder: the last real token's final hidden state -> one number.
+
+Used by the scalar reward model baseline (Bradley-Terry) and the meta reward model (binary
+cross-entropy on whether a GRM sample is correct). Params: {"kernel": [D], "bias": []}, float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from grm_jax.models.config import ModelConfig
+from grm_jax.models.decoder import Decoder
+
+
+def init_value_head(config: ModelConfig, rng: jax.Array) -> dict:
+    """kernel ~ normal(0, 1/sqrt(D)), bias 0."""
+    D = config.embed_dim
+    return {"kernel": jax.random.normal(rng, (D,), jnp.float32) / jnp.sqrt(D),
+            "bias": jnp.zeros((), jnp.float32)}
+
+
+def last_token_values(params, head: dict, config: ModelConfig, tokens_BT, positions_BT, *,
+                      mesh: Mesh | None = None) -> jax.Array:
+    """Value [B] at each row's last real token (the one with the largest position)."""
+    h_BTD, _ = Decoder(config, mesh).apply({"params": params}, tokens_BT, positions_BT, hidden_only=True)
+    last_B = jnp.argmax(positions_BT, axis=1)
+    h_BD = jnp.take_along_axis(h_BTD, last_B[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+    return h_BD @ head["kernel"] + head["bias"]

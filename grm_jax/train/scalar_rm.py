@@ -1,0 +1,79 @@
+"""Scalar reward models: decoder + value head, trained by Bradley-Terry (the scalar-RM baseline)
+or binary cross-entropy (the meta RM of PAPERS.md part A).
+
+Steps are module-level pure functions `(state, batch) -> (state, metrics)`, jitted once with the
+state donated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from grm_jax.models.config import ModelConfig
+from grm_jax.models.value_head import last_token_values
+from grm_jax.train.losses import binary_cross_entropy_loss, bradley_terry_loss
+
+LOSSES = ("bt", "bce")
+HEAD_FILE = "value_head.npz"
+
+
+class ScalarRMState(NamedTuple):
+    params: dict          # {"decoder": decoder params, "head": value head}
+    opt_state: optax.OptState
+    step: jax.Array
+
+
+def init_state(decoder_params, head: dict, optimizer: optax.GradientTransformation) -> ScalarRMState:
+    params = {"decoder": decoder_params, "head": head}
+    return ScalarRMState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def _loss(params, config, batch, kind, mesh):
+    values = last_token_values(params["decoder"], params["head"], config, batch["tokens"],
+                               batch["positions"], mesh=mesh)
+    if kind == "bt":  # rows [0, B) are chosen, [B, 2B) their rejected partners
+        chosen, rejected = jnp.split(values, 2)
+        return bradley_terry_loss(chosen, rejected), {"accuracy": jnp.mean(chosen > rejected)}
+    loss = binary_cross_entropy_loss(values, batch["labels"])
+    return loss, {"accuracy": jnp.mean((values > 0) == (batch["labels"] > 0))}
+
+
+def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation, loss: str = "bt",
+                    mesh: Mesh | None = None):
+    """A jitted step(state, batch) -> (state, metrics).
+
+    batch: "tokens", "positions" [R, T] (negative position = padding); for "bt" R = 2B with the
+    chosen rows first; for "bce" also "labels" [R] in {0, 1}.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+    def step(state: ScalarRMState, batch):
+        (value, aux), grads = jax.value_and_grad(_loss, has_aux=True)(state.params, config, batch, loss, mesh)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), **aux}
+        return ScalarRMState(params, opt_state, state.step + 1), metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def save_value_head(directory: str | Path, head: dict) -> Path:
+    path = Path(directory) / HEAD_FILE
+    np.savez(path, kernel=np.asarray(head["kernel"]), bias=np.asarray(head["bias"]))
+    return path
+
+
+def load_value_head(directory: str | Path) -> dict:
+    path = Path(directory) / HEAD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: no {HEAD_FILE}; not a scalar reward model checkpoint")
+    with np.load(path) as f:
+        return {"kernel": jnp.asarray(f["kernel"], jnp.float32), "bias": jnp.asarray(f["bias"], jnp.float32)}

@@ -1,0 +1,81 @@
+"""Value head and the Bradley-Terry / binary cross-entropy steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from grm_jax.hf import load_hf
+from grm_jax.models.value_head import init_value_head, last_token_values
+from grm_jax.train.checkpoint import load_model, save_model
+from grm_jax.train.losses import binary_cross_entropy_loss, bradley_terry_loss
+from grm_jax.train.scalar_rm import init_state, load_value_head, make_train_step
+
+
+def _rows(rng, vocab, n, last, T=12):
+    """Right-padded rows of random length ending in token `last`."""
+    tokens = np.zeros((n, T), np.int32)
+    positions = np.full((n, T), -1, np.int32)
+    for i in range(n):
+        L = int(rng.integers(4, T + 1))
+        tokens[i, :L] = rng.integers(30, vocab, L)
+        tokens[i, L - 1] = last
+        positions[i, :L] = np.arange(L)
+    return tokens, positions
+
+
+def test_losses_match_their_equations():
+    c, r = jnp.asarray([2.0, -1.0]), jnp.asarray([0.5, 0.5])
+    want = -np.mean(np.log(1 / (1 + np.exp(-(np.array([2.0, -1.0]) - 0.5)))))
+    assert abs(float(bradley_terry_loss(c, r)) - want) < 1e-6
+    z, y = np.array([1.5, -0.3, 2.0]), np.array([1, 0, 0])
+    p = 1 / (1 + np.exp(-z))
+    want = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert abs(float(binary_cross_entropy_loss(jnp.asarray(z), jnp.asarray(y))) - want) < 1e-6
+
+
+def test_value_is_read_at_the_last_real_token(hf_models):
+    cfg, params = load_hf(hf_models("qwen2")[0], progress=False)
+    head = init_value_head(cfg, jax.random.key(0))
+    tokens, positions = _rows(np.random.default_rng(0), cfg.vocab_size, 3, last=10)
+    got = last_token_values(params, head, cfg, jnp.asarray(tokens), jnp.asarray(positions))
+    for i in range(3):
+        n = int((positions[i] >= 0).sum())
+        alone = last_token_values(params, head, cfg, jnp.asarray(tokens[i:i + 1, :n]),
+                                  jnp.asarray(positions[i:i + 1, :n]))
+        assert abs(float(got[i]) - float(alone[0])) < 1e-5
+
+
+@pytest.mark.parametrize("loss", ["bt", "bce"])
+def test_steps_learn_a_separable_set(loss, hf_models):
+    cfg, params = load_hf(hf_models("qwen2")[0], progress=False)
+    rng = np.random.default_rng(1)
+    good = _rows(rng, cfg.vocab_size, 8, last=10)
+    bad = _rows(rng, cfg.vocab_size, 8, last=20)
+    tokens = jnp.asarray(np.concatenate([good[0], bad[0]]))
+    positions = jnp.asarray(np.concatenate([good[1], bad[1]]))
+    batch = {"tokens": tokens, "positions": positions}
+    if loss == "bce":
+        batch["labels"] = jnp.asarray([1] * 8 + [0] * 8, jnp.int32)
+    opt = optax.adam(3e-3)
+    state = init_state(params, init_value_head(cfg, jax.random.key(1)), opt)
+    step = make_train_step(cfg, opt, loss)
+    losses = []
+    for _ in range(25):
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert float(m["accuracy"]) == 1.0 and int(state.step) == 25
+
+
+def test_value_head_saved_with_the_model(tmp_path, hf_models):
+    cfg, params = load_hf(hf_models("qwen2")[0], progress=False)
+    head = init_value_head(cfg, jax.random.key(2))
+    save_model(tmp_path / "rm", params, cfg, extra_arrays={"value_head": head})
+    _, restored = load_model(tmp_path / "rm")
+    back = load_value_head(tmp_path / "rm")
+    np.testing.assert_array_equal(np.asarray(back["kernel"]), np.asarray(head["kernel"]))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), restored, params))
+    with pytest.raises(FileNotFoundError, match="value_head.npz"):
+        load_value_head(tmp_path)
