@@ -139,6 +139,25 @@ def _demo(args) -> int:
     return 0 if run_demo(args.out)["ok"] else 1
 
 
+def _judge(args) -> int:
+    from grm_jax.eval.judge import JudgeOptions, format_summary, judge_file
+
+    try:
+        ks = [int(x) for x in str(args.k).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--k takes an integer or a comma-separated list, got {args.k!r}") from None
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--k values must be >= 1, got {args.k!r}")
+    opts = JudgeOptions(k=max(ks), temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                        batch_size=args.batch_size, seed=args.seed, vote=args.vote, format=args.format,
+                        template=args.template, k_meta=args.k_meta, system_prompt=args.system_prompt)
+    summary = judge_file(args.model, args.data, args.out, opts=opts, ks=ks, meta_rm=args.meta_rm,
+                         summary_path=args.summary, plot_path=args.plot, mesh=_mesh(args.mesh),
+                         overwrite=args.overwrite)
+    print(format_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="grm-jax",
@@ -269,6 +288,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mesh", help=_MESH_HELP)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_generate)
+
+    s = sub.add_parser("judge", help="score items with a generative reward model, k samples + voting",
+                       description="A generative reward model (DeepSeek-GRM layout) writes specific "
+                                   "criteria, an analysis and boxed scores for each item, k times "
+                                   "with the responses shuffled by a seeded permutation each time; "
+                                   "the parsed scores are mapped back and summed (Eq. 14), "
+                                   "optionally after a meta RM keeps the k_meta best samples. "
+                                   "Input (detected by fields): GRM items {prompt|messages, "
+                                   "responses, rewards, subset, id}, RewardBench/RM-Bench pairs, "
+                                   "PPE correctness (response_1.., scores) or preference (winner) "
+                                   "rows. Writes one JSONL line per item with every sampled text, "
+                                   "its scores or parse-failure reason, the permutation, votes and "
+                                   "choice; and a summary with Accuracy@1, pairwise accuracy per "
+                                   "subset and the parse-failure rate.")
+    s.add_argument("--model", required=True, help="the GRM: HF directory or grm-jax checkpoint")
+    s.add_argument("--data", required=True, help="JSON, JSONL or Parquet file")
+    s.add_argument("--out", required=True, help="output JSONL (must not exist)")
+    s.add_argument("--k", default="8", help="samples per item, or a list such as 1,2,4,8,16,32: the "
+                                            "largest is sampled once and smaller k vote over random "
+                                            "subsets of it (a scaling curve, table and PNG)")
+    s.add_argument("--temperature", type=float, default=0.5, help="sampling temperature when k > 1 "
+                                                                   "(k = 1 is greedy)")
+    s.add_argument("--max-new-tokens", type=int, default=512)
+    s.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call")
+    s.add_argument("--vote", default="sum", choices=("sum", "mean", "majority"),
+                   help="sum: Eq. 14; mean and majority are extensions")
+    s.add_argument("--format", default="multi", choices=("multi", "single", "judge"),
+                   help="multi: scores 1..10 per response; single: one response scored 0/1; judge: "
+                        "the LLM-as-judge baseline naming the best response")
+    s.add_argument("--template", help="a Jinja template file replacing the format's default "
+                                      "(configs/prompts/)")
+    s.add_argument("--meta-rm", help="meta reward model (checkpoint with value_head.npz) that keeps "
+                                     "the k_meta best samples before voting")
+    s.add_argument("--k-meta", type=int, help="samples the meta RM keeps (default k/2)")
+    s.add_argument("--system-prompt")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--summary", help="summary JSON (default: OUT with suffix .summary.json)")
+    s.add_argument("--plot", help="scaling PNG (default: OUT with suffix .scaling.png)")
+    s.add_argument("--mesh", help=_MESH_HELP)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=_judge)
 
     s = sub.add_parser("random-model", help="write a random-init HF model of a family (needs torch)",
                        description="Build a randomly initialized transformers model from the tiny "

@@ -67,3 +67,17 @@ def chat_model(tmp_path_factory):
     save_random_hf_model(tiny_hf_config("qwen2", vocab_size=len(tok)), d, seed=4)
     save_tokenizer(tok, d)
     return d
+
+
+@pytest.fixture(scope="session")
+def grm_model(tmp_path_factory):
+    """A tiny random Qwen2 GRM with a tokenizer trained on the GRM templates (long prompts)."""
+    from grm_jax.data.tokenizers import save_tokenizer, train_bpe_tokenizer
+    from grm_jax.rewards.grm import PROMPTS_DIR
+
+    d = tmp_path_factory.mktemp("grm") / "qwen2-grm"
+    texts = [p.read_text() for p in sorted(PROMPTS_DIR.glob("*.jinja"))] * 5 + CORPUS
+    tok = train_bpe_tokenizer(texts, 1024)
+    save_random_hf_model(tiny_hf_config("qwen2", vocab_size=len(tok), max_position_embeddings=4096), d, seed=5)
+    save_tokenizer(tok, d)
+    return d

@@ -1,0 +1,160 @@
+"""The judge pipeline: exact accounting on a tiny random GRM (noise texts), and known answers
+through a scripted sampler that reads the shuffled prompt and writes the right boxed scores."""
+
+import json
+import re
+
+import jax
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+import grm_jax.eval.judge as judge_mod
+from grm_jax.cli import main
+from grm_jax.data.grm_items import read_items
+from grm_jax.eval.judge import JudgeOptions, judge_file, judge_items, scaling_curve, summarize
+from grm_jax.hf import load_hf
+from grm_jax.models.value_head import init_value_head
+from grm_jax.rewards.parse import REASONS
+from grm_jax.sampling import Samples
+from grm_jax.train.checkpoint import save_model
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+ITEMS = [
+    {"id": "a", "prompt": "What is 2 + 3?", "responses": ["It is 5. GOOD", "It is 4.", "It is 6."],
+     "rewards": [1, 0, 0], "subset": "math"},
+    {"id": "b", "messages": [{"role": "user", "content": "Say hi"}], "responses": ["bye", "hi GOOD"],
+     "rewards": [0, 1], "subset": "chat"},
+    {"id": "bad", "prompt": "tie", "responses": ["x", "y"], "rewards": [1, 1]},
+    {"id": "c", "prompt": "Name a color.", "responses": ["Blue. GOOD", "Seven."], "rewards": [0.9, 0.1],
+     "subset": "chat"},
+]
+
+
+def test_item_layouts(tmp_path):
+    items, bad, layout = read_items(_jsonl(tmp_path / "g.jsonl", ITEMS))
+    assert layout == "grm" and [i.id for i in items] == ["a", "b", "c"]
+    assert bad == {3: f"{tmp_path / 'g.jsonl'}: row 3: field 'rewards' has no unique maximum (Eq. 10 needs one)"}
+    rm = [{"prompt": "p", "chosen": ["a", "b", "c"], "rejected": ["d", "e", "f"], "domain": "chat"}]
+    items, _, layout = read_items(_jsonl(tmp_path / "rm.jsonl", rm))
+    assert layout == "rmbench" and len(items) == 9 and items[5].pair == (1, 2)
+    assert items[5].responses == ("b", "f") and items[5].rewards == (1.0, 0.0)
+    ppe = [{"prompt": "p", "response_1": "a", "response_2": "b", "response_3": "c", "scores": [0, 1, 1]}]
+    items, _, layout = read_items(_jsonl(tmp_path / "ppe.jsonl", ppe))
+    assert layout == "ppe_correctness" and items[0].responses == ("a", "b", "c")
+    pref = [{"prompt": "p", "response_1": "a", "response_2": "b", "winner": "model_b"}]
+    items, _, layout = read_items(_jsonl(tmp_path / "pref.jsonl", pref))
+    assert layout == "ppe_preference" and items[0].rewards == (0.0, 1.0)
+
+
+def test_end_to_end_accounting_on_a_tiny_random_grm(tmp_path, grm_model):
+    data = _jsonl(tmp_path / "items.jsonl", ITEMS)
+    out = tmp_path / "judged.jsonl"
+    opts = JudgeOptions(k=4, max_new_tokens=12, batch_size=8)
+    s = judge_file(grm_model, data, out, opts=opts, ks=[1, 2, 4], progress=False)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["row"] for x in lines] == [1, 2, 3, 4] and "error" in lines[2]
+    for x in (lines[0], lines[1], lines[3]):
+        assert len(x["samples"]) == 4 and len(x["votes"]) == x["n"] and 0 <= x["choice"] < x["n"]
+        for smp in x["samples"]:
+            assert sorted(smp["permutation"]) == list(range(x["n"]))
+            assert (smp["scores"] is None) == (smp["reason"] in REASONS)
+            assert smp["tokens"] <= 12
+    samples = [smp for x in lines if "samples" in x for smp in x["samples"]]
+    failures = sum(smp["scores"] is None for smp in samples)
+    assert s["samples"] == 12 and s["parse_failures"] == failures
+    assert s["parse_failure_rate"] == pytest.approx(failures / 12)
+    assert sum(s["parse_failure_reasons"].values()) == failures
+    assert [r["k"] for r in s["scaling"]] == [1, 2, 4] and s["items"] == 3 and s["bad_rows"] == 1
+    assert (tmp_path / "judged.scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "judged.summary.json").read_text())["parse_failures"] == failures
+    assert s["prompts"] == 12 and s["prompts_per_s"] > 0
+
+
+@pytest.fixture
+def scripted(monkeypatch, grm_model):
+    """Replace the sampler: reply 9 for the shown response marked GOOD, 2 for the others; every
+    third sample writes garbage, so parse failures are known too."""
+    tok = AutoTokenizer.from_pretrained(str(grm_model))
+    calls = {"n": 0}
+
+    def fake_generate(params, config, prompts, *, max_new_tokens, stop_tokens, **_):
+        rows, lengths = [], []
+        for ids in prompts:
+            text = tok.decode(ids)
+            shown = re.findall(r"\[The Begin of Response \d+\]\n(.*?)\n\[The End of Response", text, re.S)
+            calls["n"] += 1
+            if calls["n"] % 3 == 0:
+                reply = "Analysis: no idea"
+            else:
+                reply = "Scores: \\boxed{" + ", ".join("9" if "GOOD" in r else "2" for r in shown) + "}"
+            ids_out = tok.encode(reply, add_special_tokens=False) + [stop_tokens[0]]
+            rows.append(ids_out)
+            lengths.append(len(ids_out))
+        width = max(lengths)
+        tokens = np.zeros((len(rows), width), np.int32)
+        for i, r in enumerate(rows):
+            tokens[i, :len(r)] = r
+        return Samples(tokens, np.asarray(lengths), np.zeros(tokens.shape, np.float32), np.ones(len(rows), bool))
+
+    monkeypatch.setattr(judge_mod, "generate", fake_generate)
+    return tok
+
+
+def test_known_answers_through_shuffles(scripted, tmp_path):
+    items, _, _ = read_items(_jsonl(tmp_path / "i.jsonl", ITEMS))
+    opts = JudgeOptions(k=6, batch_size=4)
+    judged = judge_items(None, None, scripted, items, opts, progress=False)
+    for r in judged["results"]:
+        good = [i for i, x in enumerate(r["item"].responses) if "GOOD" in x][0]
+        parsed = [smp for smp in r["samples"] if smp["scores"] is not None]
+        assert all(smp["scores"][good] == 9 and smp["correct"] for smp in parsed)
+        assert all(smp["reason"] == "no_box" and not smp["correct"] for smp in r["samples"] if smp["scores"] is None)
+        assert r["votes"][good] == 9 * len(parsed) and r["choice"] == good and r["correct"]
+        assert len({tuple(smp["permutation"]) for smp in r["samples"]}) > 1  # really shuffled
+    s = summarize(judged, "grm", {})
+    assert s["accuracy_at_1"] == 1.0 and s["parse_failures"] == 6 and s["sample_accuracy"] == pytest.approx(12 / 18)
+    curve = scaling_curve(judged, [1, 2, 6], opts)
+    # k = 6 always holds parsed samples; a single sample fails a third of the time, and a failed
+    # sample votes nothing, so the tie-break among n responses is sometimes wrong.
+    assert curve[2]["accuracy"] == 1.0 and curve[0]["accuracy"] < 1.0 and curve[0]["draws"] == 16
+
+
+def test_meta_rm_keeps_the_samples_it_rates_highest(scripted, tmp_path, monkeypatch, grm_model):
+    items, _, _ = read_items(_jsonl(tmp_path / "i.jsonl", ITEMS[:1]))
+    # The meta RM (faked) rates the failed samples highest: with k_meta = 2 of 6 only failures are
+    # kept, so the votes are all zero and the choice is a seeded tie-break.
+    monkeypatch.setattr(judge_mod, "meta_values",
+                        lambda meta, texts, **_: np.asarray([5.0 if "no idea" in t else -5.0 for t in texts]))
+    meta = judge_mod.MetaRM(None, None, None, None, judge_mod.load_template("meta_rm"))
+    judged = judge_items(None, None, scripted, items, JudgeOptions(k=6, k_meta=2), meta=meta, progress=False)
+    r = judged["results"][0]
+    assert [r["samples"][j]["scores"] for j in r["kept"]] == [None, None]
+    assert r["votes"] == [0.0, 0.0, 0.0] and judged["k_meta"] == 2
+    # Rating the parsed samples highest keeps two good ones.
+    monkeypatch.setattr(judge_mod, "meta_values",
+                        lambda meta, texts, **_: np.asarray([-5.0 if "no idea" in t else 5.0 for t in texts]))
+    judged = judge_items(None, None, scripted, items, JudgeOptions(k=6, k_meta=2), meta=meta, progress=False)
+    assert judged["results"][0]["votes"] == [18.0, 4.0, 4.0]
+
+
+def test_judge_cli_with_a_real_meta_rm(tmp_path, grm_model, capsys):
+    cfg, params = load_hf(grm_model, progress=False)
+    tok_files = [p for p in grm_model.iterdir() if p.name.startswith(("tokenizer", "special", "chat"))]
+    save_model(tmp_path / "meta", params, cfg, tokenizer_files=tok_files,
+               extra_arrays={"value_head": init_value_head(cfg, jax.random.key(0))})
+    data = _jsonl(tmp_path / "items.jsonl", ITEMS[:2])
+    out = tmp_path / "j.jsonl"
+    assert main(["judge", "--model", str(grm_model), "--data", str(data), "--out", str(out), "--k", "1,2",
+                 "--max-new-tokens", "6", "--meta-rm", str(tmp_path / "meta")]) == 0
+    text = capsys.readouterr().out
+    assert "| k | accuracy |" in text and "prompts/s" in text
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert all(len(x["kept"]) == 1 and all("meta" in smp for smp in x["samples"]) for x in lines)
+    assert main(["judge", "--model", str(grm_model), "--data", str(data), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
