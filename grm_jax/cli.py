@@ -128,8 +128,19 @@ def _random_model(args) -> int:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
+    tokenizer = None
+    if args.tokenizer_vocab:
+        from grm_jax.data.tokenizers import SAMPLE_TEXTS, train_bpe_tokenizer
+        from grm_jax.rewards.grm import PROMPTS_DIR
+
+        texts = [f.read_text() for f in sorted(PROMPTS_DIR.glob("*.jinja"))] + list(SAMPLE_TEXTS)
+        tokenizer = train_bpe_tokenizer(texts, args.tokenizer_vocab)
+        overrides["vocab_size"] = len(tokenizer)
     save_random_hf_model(tiny_hf_config(args.family, **overrides), out, seed=args.seed, dtype=args.dtype)
-    print(f"wrote a random {args.family} model to {out}")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    print(f"wrote a random {args.family} model to {out}" +
+          (f" with a {len(tokenizer)}-token BPE tokenizer (ChatML template)" if tokenizer is not None else ""))
     return 0
 
 
@@ -340,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HF config override, e.g. --set hidden_size=512 (repeatable)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", choices=_DTYPES, default="float32")
+    s.add_argument("--tokenizer-vocab", type=int, metavar="N",
+                   help="also train a byte-level BPE tokenizer of up to N tokens (on the GRM templates "
+                        "and a few built-in texts, ChatML chat template) and size the vocabulary to it")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_random_model)
 

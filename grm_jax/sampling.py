@@ -140,7 +140,7 @@ class Samples(NamedTuple):
     stopped: np.ndarray
 
 
-def bucket(n: int, minimum: int = 16, step: int = 512) -> int:
+def bucket(n: int, minimum: int = 16, step: int = 128) -> int:
     """n rounded up: powers of two from `minimum` up to `step`, then multiples of `step`."""
     if n <= step:
         b = minimum

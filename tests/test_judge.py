@@ -91,6 +91,11 @@ def scripted(monkeypatch, grm_model):
             calls["n"] += 1
             if calls["n"] % 3 == 0:
                 reply = "Analysis: no idea"
+            elif "Best: \\boxed{i}" in text:  # the LLM-as-judge baseline names the best response
+                reply = "Analysis: \\boxed{1} is tempting.\nBest: \\boxed{%d}" % (
+                    [i for i, r in enumerate(shown) if "GOOD" in r][0] + 1)
+            elif "0 or 1" in text:  # the single-response format
+                reply = "Scores: \\boxed{%d}" % ("GOOD" in shown[0])
             else:
                 reply = "Scores: \\boxed{" + ", ".join("9" if "GOOD" in r else "2" for r in shown) + "}"
             ids_out = tok.encode(reply, add_special_tokens=False) + [stop_tokens[0]]
@@ -158,3 +163,20 @@ def test_judge_cli_with_a_real_meta_rm(tmp_path, grm_model, capsys):
     assert all(len(x["kept"]) == 1 and all("meta" in smp for smp in x["samples"]) for x in lines)
     assert main(["judge", "--model", str(grm_model), "--data", str(data), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_single_response_and_judge_baseline_formats(scripted, tmp_path):
+    items, _, _ = read_items(_jsonl(tmp_path / "i.jsonl", ITEMS[:2]))
+    judged = judge_items(None, None, scripted, items, JudgeOptions(k=6, format="judge"), progress=False)
+    for r in judged["results"]:
+        good = [i for i, x in enumerate(r["item"].responses) if "GOOD" in x][0]
+        assert r["votes"][good] == 4 and sum(r["votes"]) == 4 and r["choice"] == good  # 4 of 6 parsed
+    single = [{"prompt": "Is 17 prime?", "responses": ["Yes. GOOD"], "rewards": [1]},
+              {"prompt": "Is 15 prime?", "responses": ["Yes."], "rewards": [0]}]
+    items, _, _ = read_items(_jsonl(tmp_path / "s.jsonl", single))
+    judged = judge_items(None, None, scripted, items, JudgeOptions(k=3, format="single"), progress=False)
+    assert [r["votes"] for r in judged["results"]] == [[2.0], [0.0]]
+    assert [r["correct"] for r in judged["results"]] == [True, True]
+    with pytest.raises(ValueError, match="scores one response"):
+        judge_items(None, None, scripted, read_items(_jsonl(tmp_path / "t.jsonl", ITEMS[:1]))[0],
+                    JudgeOptions(k=1, format="single"), progress=False)

@@ -167,7 +167,8 @@ def test_sharded_generation_equals_single_device(gemma2, hf_models):
 
 
 def test_buckets_and_strategy_args():
-    assert [bucket(n) for n in (1, 16, 17, 300, 512, 513, 1100)] == [16, 16, 32, 512, 512, 1024, 1536]
+    assert [bucket(n) for n in (1, 16, 17, 100, 300, 512, 513, 1100)] == [16, 16, 32, 128, 384, 512, 640, 1152]
+    assert bucket(1100, step=512) == 1536
     assert strategy_from_args() == Greedy()
     assert strategy_from_args(0.7, top_p=0.9) == TopP(0.9, 0.7)
     with pytest.raises(ValueError, match="temperature"):

@@ -14,6 +14,18 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<|im_start|>", "<|im_end|>")
 
+# A few texts of the kinds the tools handle, so a tokenizer trained without data still has merges
+# for prose, code, arithmetic and markdown.
+SAMPLE_TEXTS = (
+    "The quick brown fox jumps over the lazy dog. What is 2 + 3? The answer is 5.",
+    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))",
+    "I cannot help with that request, but here is a safer alternative.",
+    "**Summary**\n- first point\n- second point\n\n1. step one\n2. step two",
+    "Specific Criteria: accuracy (weight 0.5), clarity (weight 0.3), relevance (weight 0.2).",
+    "Analysis: Response 1 is correct and clear; Response 2 makes an arithmetic error.",
+    "Scores: \\boxed{9, 3}",
+)
+
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, *,
                         chat_template: str | None = CHATML_TEMPLATE):
