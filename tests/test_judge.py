@@ -71,6 +71,7 @@ def test_end_to_end_accounting_on_a_tiny_random_grm(tmp_path, grm_model):
     assert s["parse_failure_rate"] == pytest.approx(failures / 12)
     assert sum(s["parse_failure_reasons"].values()) == failures
     assert [r["k"] for r in s["scaling"]] == [1, 2, 4] and s["items"] == 3 and s["bad_rows"] == 1
+    assert s["scaling"][-1]["accuracy"] == s["accuracy_at_1"]  # k = K is the main result
     assert (tmp_path / "judged.scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "judged.summary.json").read_text())["parse_failures"] == failures
     assert s["prompts"] == 12 and s["prompts_per_s"] > 0

@@ -251,8 +251,9 @@ def scaling_curve(judged: dict, ks: Sequence[int], opts: JudgeOptions) -> list[d
             for d in range(draws):
                 rng = np.random.default_rng([opts.seed, i, k, d, 7])
                 subset = sorted(rng.choice(opts.k, size=k, replace=False).tolist()) if k < opts.k else list(range(k))
-                votes, choice, kept = _combine(r["item"], i, r["samples"], subset, opts, k_meta,
-                                               salt=(k << 16) + d + 1)
+                # k = K is the main result itself: same samples, same tie-break.
+                salt = 0 if k == opts.k else (k << 16) + d + 1
+                votes, choice, kept = _combine(r["item"], i, r["samples"], subset, opts, k_meta, salt=salt)
                 parsed = [r["samples"][j]["scores"] for j in kept if r["samples"][j]["scores"] is not None]
                 hits += bool(_item_correct(r["item"], votes, choice, parsed))
             count += draws
