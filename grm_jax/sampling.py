@@ -139,6 +139,11 @@ class Samples(NamedTuple):
     logprobs: np.ndarray
     stopped: np.ndarray
 
+    def body(self, row: int) -> np.ndarray:
+        """Row `row`'s generated tokens without its stop token (the text to decode)."""
+        n = int(self.lengths[row])
+        return self.tokens[row, :n - 1] if self.stopped[row] else self.tokens[row, :n]
+
 
 def bucket(n: int, minimum: int = 16, step: int = 128) -> int:
     """n rounded up: powers of two from `minimum` up to `step`, then multiples of `step`."""

@@ -76,9 +76,8 @@ def generate_file(model: str | Path, prompts: str | Path, out: str | Path, *,
             for n in range(num_samples):
                 r = j * num_samples + n
                 length = int(s.lengths[r])
-                body = s.tokens[r, :length - 1] if s.stopped[r] else s.tokens[r, :length]
                 results[i].append({
-                    "row": i, "sample": n, "response": tokenizer.decode(body, skip_special_tokens=True),
+                    "row": i, "sample": n, "response": tokenizer.decode(s.body(r), skip_special_tokens=True),
                     "prompt_tokens": len(ids), "tokens": length,
                     "finish": "stop" if s.stopped[r] else "length",
                     "logprob": float(s.logprobs[r, :length].sum())})

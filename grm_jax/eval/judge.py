@@ -148,8 +148,7 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
                      max_new_tokens=opts.max_new_tokens, stop_tokens=stop, seed=opts.seed + call, mesh=mesh)
         for r, t in enumerate(chunk):
             n = int(s.lengths[r])
-            body = s.tokens[r, :n - 1] if s.stopped[r] else s.tokens[r, :n]
-            replies[t] = (tokenizer.decode(body, skip_special_tokens=True), n, bool(s.stopped[r]))
+            replies[t] = (tokenizer.decode(s.body(r), skip_special_tokens=True), n, bool(s.stopped[r]))
             new_tokens += n
         if bar:
             bar.update(len(chunk))
