@@ -169,6 +169,16 @@ def _judge(args) -> int:
     return 0
 
 
+def _sft(args) -> int:
+    from grm_jax.config import load_config
+    from grm_jax.train.sft import SFTConfig, run_sft
+
+    cfg = load_config(SFTConfig, args.config, args.overrides)
+    summary, _ = run_sft(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["status"] in ("done", "stopped") else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="grm-jax",
@@ -340,6 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mesh", help=_MESH_HELP)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_judge)
+
+    s = sub.add_parser("sft", help="supervised fine-tuning on response tokens (resumable)",
+                       description="Fine-tune a model on the response tokens of SFT rows "
+                                   "({messages: [..., assistant]} or {prompt, response}): the cold "
+                                   "start, and the second half of rejective fine-tuning. Settings "
+                                   "come from the SFTConfig defaults, then --config YAML, then "
+                                   "KEY=VALUE overrides (e.g. optim.lr=1e-5 steps=900). OUT holds "
+                                   "checkpoints/ (Orbax: params, optimizer, step, RNG, data "
+                                   "iterator, config), metrics.jsonl and, when done, final/. "
+                                   "Rerunning resumes from the last checkpoint; SIGTERM saves and "
+                                   "exits (status 3).")
+    s.add_argument("--config", help="YAML file (see configs/train/)")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="model=DIR data=FILE out=DIR steps=N batch_size=N max_length=N "
+                        "save_every=N keep=N seed=N system_prompt=TEXT mesh=SPEC optim.lr=X "
+                        "optim.schedule=cosine|constant optim.warmup_steps=N optim.grad_accum=N "
+                        "optim.clip_norm=X optim.weight_decay=X optim.fp32_moments=true|false")
+    s.set_defaults(fn=_sft)
 
     s = sub.add_parser("random-model", help="write a random-init HF model of a family (needs torch)",
                        description="Build a randomly initialized transformers model from the tiny "

@@ -7,11 +7,17 @@ mean negative log-likelihood over all loss tokens of the batch.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
 import jax.numpy as jnp
+from omegaconf import MISSING
 from jax.sharding import Mesh
 
 from grm_jax.models.config import ModelConfig
 from grm_jax.models.logprobs import token_logprobs
+from grm_jax.train.optim import OptimConfig
 
 
 def sft_loss_fn(config: ModelConfig, *, chunk: int = 512, mesh: Mesh | None = None):
@@ -27,3 +33,79 @@ def sft_loss_fn(config: ModelConfig, *, chunk: int = 512, mesh: Mesh | None = No
 def sft_normalizer(batch) -> jnp.ndarray:
     """The batch's loss-token count (at least 1)."""
     return jnp.maximum(batch["loss_mask"].astype(jnp.float32).sum(), 1.0)
+
+
+@dataclasses.dataclass
+class SFTConfig:
+    """`grm-jax sft`: fine-tune on response tokens (cold start, or RFT trajectories)."""
+
+    model: str = MISSING            # HF directory or grm-jax checkpoint
+    data: str = MISSING             # JSON/JSONL/Parquet with messages or prompt + response
+    out: str = MISSING              # run directory: checkpoints/, metrics.jsonl, final/
+    steps: int = 100
+    batch_size: int = 8
+    max_length: int = 1024
+    seed: int = 0
+    save_every: int = 50
+    keep: int = 3
+    chunk: int = 512
+    system_prompt: Optional[str] = None
+    chat_template: bool = True
+    mesh: Optional[str] = None
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+
+
+def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = None, log=print):
+    """Trains per `cfg`, resuming from the run directory's last checkpoint; at the end writes the
+    model as a grm-jax checkpoint in OUT/final. Returns (summary, final train state)."""
+    import jax
+    from transformers import AutoTokenizer
+
+    from grm_jax.data.chat import ChatFormatter
+    from grm_jax.data.pipeline import BatchStream, read_sft
+    from grm_jax.loading import load_any
+    from grm_jax.sharding import batch_sharding, mesh_from_spec
+    from grm_jax.train.checkpoint import save_model
+    from grm_jax.train.checkpointing import RunCheckpointer, config_json
+    from grm_jax.train.loop import run_loop
+    from grm_jax.train.optim import make_optimizer
+    from grm_jax.train.state import init_train_state, make_train_step
+
+    out = Path(cfg.out)
+    if (out / "final").exists():
+        raise FileExistsError(f"{out / 'final'} exists: this run is finished (choose another out)")
+    out.mkdir(parents=True, exist_ok=True)
+    mesh = mesh_from_spec(cfg.mesh)
+    model_cfg, params, tok_dir = load_any(cfg.model, mesh=mesh, progress=progress)
+    if tok_dir is None:
+        raise FileNotFoundError(f"{cfg.model}: no tokenizer files next to the model")
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    formatter = ChatFormatter(tokenizer, system_prompt=cfg.system_prompt,
+                              use_template=None if cfg.chat_template else False)
+    examples, bad, truncated = read_sft(cfg.data, formatter, min(cfg.max_length, model_cfg.max_position))
+    for message in list(bad.values())[:20]:
+        log(f"bad row: {message}")
+    stream = BatchStream(examples, cfg.batch_size, seed=cfg.seed, pad_id=tokenizer.pad_token_id or 0,
+                         process_index=jax.process_index(), process_count=jax.process_count())
+    optimizer = make_optimizer(dataclasses.replace(cfg.optim, total_steps=cfg.steps))  # schedule spans the run
+    state = init_train_state(params, optimizer, cfg.seed)
+    step_fn = make_train_step(sft_loss_fn(model_cfg, chunk=cfg.chunk, mesh=mesh), sft_normalizer, optimizer,
+                              grad_accum=cfg.optim.grad_accum)
+
+    def batches():
+        for b in stream:
+            yield {k: jax.device_put(v, batch_sharding(mesh, v.shape)) for k, v in b.items()}
+
+    checkpointer = RunCheckpointer(out / "checkpoints", keep=cfg.keep)
+    state, history, status = run_loop(
+        step_fn, state, batches(), checkpointer=checkpointer, run_config=config_json(cfg),
+        total_steps=cfg.steps, save_every=cfg.save_every, run_dir=out, data_state=stream.state,
+        restore_data=stream.restore, stop_after=stop_after, progress=progress, log=log)
+    checkpointer.close()
+    summary = {"status": status, "steps": int(state.step), "examples": len(examples), "bad_rows": len(bad),
+               "truncated": truncated, "last": history[-1] if history else None}
+    if status == "done":
+        tok_files = [p for p in Path(tok_dir).iterdir() if p.is_file()]
+        save_model(out / "final", state.params, model_cfg, tokenizer_files=tok_files)
+        summary["final"] = str(out / "final")
+    return summary, state

@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 class TrainState(NamedTuple):
@@ -25,7 +26,15 @@ def init_train_state(params, optimizer: optax.GradientTransformation, seed: int 
     """The state for `params`; optimizer moments are sharded like the params they follow (the
     init is jitted, so sharding propagates from the params)."""
     opt_state = jax.jit(optimizer.init)(params)
-    return TrainState(params, opt_state, jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed)))
+    state = TrainState(params, opt_state, jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed)))
+    mesh = next((x.sharding.mesh for x in jax.tree.leaves(params) if isinstance(x.sharding, NamedSharding)), None)
+    if mesh is None:
+        return state
+    # Leaves that follow no param (step counts, the RNG) are replicated over the params' mesh.
+    devices = set(mesh.devices.flat)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: x if set(x.sharding.device_set) == devices else jax.device_put(x, replicated),
+                        state)
 
 
 def split_microbatches(batch: dict, accum: int) -> dict:

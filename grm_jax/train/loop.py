@@ -1,0 +1,113 @@
+"""The train loop shared by `sft`, `rft` and `grpo`: resume, dispatch, metrics, checkpoints, SIGTERM.
+
+The device loop is never blocked on metrics: step N is dispatched, then step N−1's metrics are
+fetched and written (JSONL, one line per step). A SIGTERM (a TPU VM being preempted, a scheduler
+stopping the job) sets a flag; after the current step the loop saves a checkpoint, waits for it to
+be written and returns, so the run resumes from there.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import jax
+
+from grm_jax.train.checkpointing import RunCheckpointer, abstract_like
+
+
+class _Preempted:
+    def __init__(self):
+        self.flag = False
+        self._old = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            self.flag = True
+        try:
+            self._old = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: no handler, no preemption support
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """Drops metric lines after `last_step` (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer: RunCheckpointer,
+             run_config: dict, total_steps: int, save_every: int, run_dir: str | Path,
+             data_state: Callable[[], dict], restore_data: Callable[[dict], None],
+             stop_after: int | None = None, progress: bool = True, log=print,
+             extra_metrics: Callable[[dict], dict] | None = None):
+    """Trains until `total_steps` (or `stop_after` steps this call, or SIGTERM).
+
+    Returns (state, metrics history of this call, "done" | "stopped" | "preempted").
+    """
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    restored = checkpointer.restore(abstract_like(state), log=log)
+    start = 0
+    if restored is not None:
+        start, state, data, _ = restored
+        restore_data(data)
+        _trim_metrics(metrics_path, start)
+        log(f"resumed from {checkpointer.directory / str(start)} (step {start} of {total_steps})")
+    history, pending, status = [], None, "done"
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_steps, initial=start, desc="training", unit="step")
+
+    def flush(item):
+        step, metrics, t_dispatch = item
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        values = {"step": step, **values, "step_s": round(time.perf_counter() - t_dispatch, 4)}
+        if extra_metrics:
+            values.update(extra_metrics(values))
+        history.append(values)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(values) + "\n")
+        if bar:
+            bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
+
+    with _Preempted() as preempt:
+        step = start
+        while step < total_steps:
+            if stop_after is not None and step - start >= stop_after:
+                status = "stopped"
+                break
+            batch = next(batches)
+            t0 = time.perf_counter()
+            state, metrics = step_fn(state, batch)
+            step += 1
+            if pending:
+                flush(pending)
+            pending = (step, metrics, t0)
+            if bar:
+                bar.update(1)
+            last = step == total_steps
+            if preempt.flag or last or step % save_every == 0 or (
+                    stop_after is not None and step - start >= stop_after):
+                checkpointer.save(step, state, data_state(), run_config, force=True)
+            if preempt.flag:
+                status = "preempted"
+                log(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
+                break
+        if pending:
+            flush(pending)
+    checkpointer.wait()
+    if bar:
+        bar.close()
+    return state, history, status
