@@ -179,6 +179,17 @@ def _sft(args) -> int:
     return 0 if summary["status"] in ("done", "stopped") else 3
 
 
+def _grpo(args) -> int:
+    from grm_jax.config import load_config
+    from grm_jax.train.grpo import GRPOConfig
+    from grm_jax.train.grpo_run import run_grpo
+
+    cfg = load_config(GRPOConfig, args.config, args.overrides)
+    summary, _ = run_grpo(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["status"] in ("done", "stopped") else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="grm-jax",
@@ -368,6 +379,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "optim.schedule=cosine|constant optim.warmup_steps=N optim.grad_accum=N "
                         "optim.clip_norm=X optim.weight_decay=X optim.fp32_moments=true|false")
     s.set_defaults(fn=_sft)
+
+    s = sub.add_parser("grpo", help="GRPO with a KL penalty: rule rewards or an endogenous reward",
+                       description="Online RL by GRPO (PAPERS.md): each step samples group_size "
+                                   "responses to prompts_per_step prompts from the current policy, "
+                                   "scores them (reward=grm: +1/-1 by Eq. 10 on GRM items; math: "
+                                   "+1/-1 final-answer check against 'answer'; endogenous: the "
+                                   "endogenous reward of a frozen model, by default the initial "
+                                   "policy; token_rate: a toy), normalizes rewards within each "
+                                   "group and applies inner_iters clipped-surrogate updates with "
+                                   "beta * KL(k3) to the initial policy. Per-step metrics go to "
+                                   "OUT/metrics.jsonl (reward, accuracy, KL, clip fraction, "
+                                   "entropy estimate, response length, tokens/s, the sampling / "
+                                   "reward / reference / update time split, update MFU). Resumes "
+                                   "from OUT's last checkpoint; SIGTERM saves and exits (status 3).")
+    s.add_argument("--config", help="YAML file (see configs/train/)")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="model=DIR data=FILE out=DIR reward=grm|math|endogenous|token_rate "
+                        "reward_model=DIR steps=N prompts_per_step=N group_size=G max_new_tokens=N "
+                        "temperature=X inner_iters=N eps=X eps_high=X beta=X kl=k1|k2|k3 "
+                        "aggregation=sequence_mean|token_mean|sequence_sum optim.lr=X ...")
+    s.set_defaults(fn=_grpo)
 
     s = sub.add_parser("random-model", help="write a random-init HF model of a family (needs torch)",
                        description="Build a randomly initialized transformers model from the tiny "

@@ -94,7 +94,10 @@ def test_sigterm_saves_a_restorable_checkpoint(tmp_path, chat_model):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "train").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_train_configs_load(path):
-    cfg = load_config(SFTConfig, path, ["model=m", "data=d", "out=o"])
+    from grm_jax.train.grpo import GRPOConfig
+
+    cls = GRPOConfig if path.name.startswith("grpo") else SFTConfig
+    cfg = load_config(cls, path, ["model=m", "data=d", "out=o"])
     assert cfg.steps > 0 and cfg.optim.lr > 0
     with pytest.raises(ValueError, match="config"):
-        load_config(SFTConfig, path, ["model=m", "data=d", "out=o", "no_such_key=1"])
+        load_config(cls, path, ["model=m", "data=d", "out=o", "no_such_key=1"])

@@ -70,10 +70,11 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
         from tqdm.auto import tqdm
         bar = tqdm(total=total_steps, initial=start, desc="training", unit="step")
 
-    def flush(item):
+    def flush(item, t_next):
         step, metrics, t_dispatch = item
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        values = {"step": step, **values, "step_s": round(time.perf_counter() - t_dispatch, 4)}
+        # From this step's dispatch to the next one's (or to now): the loop's period.
+        values = {"step": step, **values, "step_s": round(t_next - t_dispatch, 4)}
         if extra_metrics:
             values.update(extra_metrics(values))
         history.append(values)
@@ -93,7 +94,7 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
             state, metrics = step_fn(state, batch)
             step += 1
             if pending:
-                flush(pending)
+                flush(pending, t0)
             pending = (step, metrics, t0)
             if bar:
                 bar.update(1)
@@ -106,7 +107,7 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
                 log(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
                 break
         if pending:
-            flush(pending)
+            flush(pending, time.perf_counter())
     checkpointer.wait()
     if bar:
         bar.close()

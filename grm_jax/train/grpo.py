@@ -1,0 +1,131 @@
+"""GRPO (PAPERS.md part A, stage 2; and part B's RL on an endogenous reward).
+
+One step: take P prompts, sample G responses each from the current policy through the sampler
+(the train state's own params; its log-probs are the old log-probs), score them with a pluggable
+reward, normalize the rewards within each group, compute the frozen reference's log-probs, then
+run `inner_iters` jitted updates of the clipped surrogate with a KL penalty (PAPERS.md: β = 0.08,
+k3 estimator, per-sequence token mean then mean over sequences).
+
+Rewards: "grm" (+1/−1 by Eq. 10 on a GRM reply; the prompt is a GRM item rendered with a shuffle
+of its responses), "math" (+1/−1 final-answer check against the row's `answer`), "endogenous"
+(the endogenous reward R of a frozen model, by default the initial policy: part B's Q3), and
+"token_rate" (a toy: the fraction of response tokens with ids below `reward_target`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from omegaconf import MISSING
+
+from grm_jax.models.config import ModelConfig
+from grm_jax.models.logprobs import token_logprobs
+from grm_jax.train.optim import OptimConfig
+from grm_jax.train.rl import AGGREGATIONS, KL_ESTIMATORS, clipped_surrogate, group_advantages, kl_estimate
+
+REWARD_KINDS = ("grm", "math", "endogenous", "token_rate")
+
+
+@dataclasses.dataclass
+class GRPOConfig:
+    """`grm-jax grpo`."""
+
+    model: str = MISSING                 # the policy: HF directory or grm-jax checkpoint
+    data: str = MISSING                  # prompts: {prompt|messages, answer} / GRM items / prompts
+    out: str = MISSING                   # run directory
+    reward: str = "math"                 # grm | math | endogenous | token_rate
+    reward_model: Optional[str] = None   # endogenous: the frozen model (default: the initial policy)
+    reward_target: int = 0               # token_rate: response tokens with ids below this are rewarded
+    grm_format: str = "multi"            # grm: multi | single | judge
+    steps: int = 100
+    prompts_per_step: int = 8
+    group_size: int = 4                  # G
+    max_new_tokens: int = 256
+    max_prompt_length: int = 1024
+    temperature: float = 1.0
+    inner_iters: int = 1
+    eps: float = 0.2
+    eps_high: Optional[float] = None
+    beta: float = 0.08
+    kl: str = "k3"
+    aggregation: str = "sequence_mean"
+    seed: int = 0
+    save_every: int = 50
+    keep: int = 3
+    chunk: int = 512
+    system_prompt: Optional[str] = None
+    mesh: Optional[str] = None
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-6, b2=0.999))
+
+    def __post_init__(self):
+        if self.reward not in REWARD_KINDS:
+            raise ValueError(f"reward must be one of {REWARD_KINDS}, got {self.reward!r}")
+        if self.kl not in KL_ESTIMATORS or self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"kl must be one of {KL_ESTIMATORS} and aggregation one of {AGGREGATIONS}")
+        if self.group_size < 2:
+            raise ValueError("group_size must be >= 2 (advantages are normalized within a group)")
+        if self.prompts_per_step * self.group_size % self.optim.grad_accum:
+            raise ValueError("prompts_per_step * group_size must split into optim.grad_accum microbatches")
+
+
+def grpo_loss_fn(config: ModelConfig, cfg: GRPOConfig, mesh: Mesh | None = None):
+    """loss(params, microbatch, norm) with norm = {"seqs", "tokens"} of the whole batch."""
+    def loss(params, mb, norm):
+        logp_BT = token_logprobs(params, config, mb["tokens"], mb["positions"], chunk=cfg.chunk, mesh=mesh)
+        mask = mb["mask"].astype(jnp.float32)
+        objective, clipped = clipped_surrogate(logp_BT, mb["old_logp"], mb["adv"], cfg.eps, cfg.eps_high)
+        kl_BT = kl_estimate(logp_BT, mb["ref_logp"], cfg.kl)
+        x = (objective - cfg.beta * kl_BT) * mask
+        length_B = jnp.maximum(mask.sum(axis=1), 1.0)
+        if cfg.aggregation == "sequence_mean":
+            total = (x.sum(axis=1) / length_B).sum() / norm["seqs"]
+        elif cfg.aggregation == "token_mean":
+            total = x.sum() / norm["tokens"]
+        else:
+            total = x.sum() / x.shape[1] / norm["seqs"]
+        metrics = {  # each a share of a whole-batch mean, so microbatch sums add up
+            "kl": ((kl_BT * mask).sum(axis=1) / length_B).sum() / norm["seqs"],
+            "clip_fraction": (clipped * mask).sum() / norm["tokens"],
+            "entropy_estimate": -(logp_BT * mask).sum() / norm["tokens"],
+            "ratio_mean": (jnp.exp(logp_BT - mb["old_logp"]) * mask).sum() / norm["tokens"],
+        }
+        return -total, metrics
+    return loss
+
+
+def grpo_normalizer(batch) -> dict:
+    mask = batch["mask"].astype(jnp.float32)
+    return {"seqs": jnp.asarray(mask.shape[0], jnp.float32), "tokens": jnp.maximum(mask.sum(), 1.0)}
+
+
+def build_batch(prompts: list[list[int]], samples, group_size: int, pad_id: int = 0) -> dict:
+    """Right-padded prompt + response rows with the response mask and the sampler's log-probs
+    aligned to the tokens they score."""
+    from grm_jax.sampling import bucket
+
+    R = len(samples.lengths)
+    rows = []
+    for r in range(R):
+        p = prompts[r // group_size]
+        n = int(samples.lengths[r])
+        rows.append((p, samples.tokens[r, :n], samples.logprobs[r, :n]))
+    T = bucket(max(len(p) + len(t) for p, t, _ in rows))
+    tokens = np.full((R, T), pad_id, np.int32)
+    positions = np.full((R, T), -1, np.int32)
+    mask = np.zeros((R, T), np.int32)
+    old = np.zeros((R, T), np.float32)
+    for r, (p, t, lp) in enumerate(rows):
+        L = len(p) + len(t)
+        tokens[r, :len(p)] = p
+        tokens[r, len(p):L] = t
+        positions[r, :L] = np.arange(L)
+        mask[r, len(p):L] = 1
+        old[r, len(p):L] = lp
+    return {"tokens": tokens, "positions": positions, "mask": mask, "old_logp": old}

@@ -1,0 +1,207 @@
+"""`grm-jax grpo`: the GRPO run — prompts, rewards, sampling, updates, checkpoints, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grm_jax.data.chat import ChatFormatter, PromptError
+from grm_jax.data.preference import DataError, check_prompt, read_rows
+from grm_jax.models.logprobs import token_logprobs
+from grm_jax.train.grpo import GRPOConfig, build_batch, grpo_loss_fn, grpo_normalizer
+from grm_jax.train.rl import group_advantages
+
+
+@dataclasses.dataclass(frozen=True)
+class RLPrompt:
+    row: int
+    ids: list
+    answer: str | None = None
+    rewards: tuple | None = None      # grm: ground truth of the shown responses' original order
+    perm: tuple | None = None         # grm: the shuffle the prompt shows
+
+
+def load_prompts(cfg: GRPOConfig, formatter: ChatFormatter, log=print) -> list[RLPrompt]:
+    """The run's prompts; bad rows are reported by row number and skipped."""
+    from grm_jax.data.grm_items import read_items
+
+    prompts, bad = [], {}
+    if cfg.reward == "grm":
+        from grm_jax.eval.judge import FORMATS
+        from grm_jax.rewards.grm import load_template, render
+
+        fmt = FORMATS[cfg.grm_format]
+        template = load_template(fmt.template)
+        items, bad, _ = read_items(cfg.data)
+        for k, item in enumerate(items):
+            if item.rewards is None:
+                bad[item.row] = f"{cfg.data}: row {item.row}: the grm reward needs 'rewards'"
+                continue
+            perm = np.random.default_rng([cfg.seed, k]).permutation(len(item.responses))
+            text = render(template, item.prompt, [item.responses[p] for p in perm])
+            prompts.append(RLPrompt(item.row, formatter.prompt_ids(text), rewards=item.rewards,
+                                    perm=tuple(int(p) for p in perm)))
+    else:
+        for i, row in enumerate(read_rows(cfg.data), 1):
+            prompt = row.get("prompt") if row.get("prompt") is not None else row.get("messages")
+            why = "field 'prompt' (or 'messages') is missing" if prompt is None else check_prompt(prompt)
+            if why is None and cfg.reward == "math" and row.get("answer") is None:
+                why = "field 'answer' is missing (the math reward needs it)"
+            if why is not None:
+                bad[i] = f"{cfg.data}: row {i}: {why}"
+                continue
+            try:
+                ids = formatter.prompt_ids(prompt)
+            except PromptError as e:
+                bad[i] = f"{cfg.data}: row {i}: {e}"
+                continue
+            prompts.append(RLPrompt(i, ids, answer=None if row.get("answer") is None else str(row["answer"])))
+    kept = []
+    for p in prompts:
+        if len(p.ids) > cfg.max_prompt_length:
+            bad[p.row] = f"{cfg.data}: row {p.row}: prompt has {len(p.ids)} tokens > max_prompt_length"
+        else:
+            kept.append(p)
+    for i in sorted(bad)[:20]:
+        log(f"bad row: {bad[i]}")
+    if len(kept) < cfg.prompts_per_step:
+        raise DataError(f"{cfg.data}: {len(kept)} usable prompts cannot fill prompts_per_step="
+                        f"{cfg.prompts_per_step} ({len(bad)} bad rows)")
+    return kept
+
+
+def make_reward_fn(cfg: GRPOConfig, tokenizer, model_cfg, reward_params, mesh):
+    """fn(prompts, samples) -> rewards [P * G] (numpy)."""
+    from grm_jax.eval.judge import FORMATS
+    from grm_jax.rewards.rules import grm_rule_reward, math_answer_reward, token_rate_reward
+
+    G = cfg.group_size
+
+    def texts(samples):
+        return [tokenizer.decode(samples.body(r), skip_special_tokens=True) for r in range(len(samples.lengths))]
+
+    if cfg.reward == "math":
+        return lambda prompts, s: np.asarray([math_answer_reward(t, prompts[r // G].answer)
+                                              for r, t in enumerate(texts(s))], np.float32)
+    if cfg.reward == "grm":
+        fmt = FORMATS[cfg.grm_format]
+        return lambda prompts, s: np.asarray([
+            grm_rule_reward(t, prompts[r // G].rewards, prompts[r // G].perm, fmt, truncated=not s.stopped[r])
+            for r, t in enumerate(texts(s))], np.float32)
+    if cfg.reward == "token_rate":
+        return lambda prompts, s: np.asarray([token_rate_reward(s.tokens[r, :int(s.lengths[r])], cfg.reward_target)
+                                              for r in range(len(s.lengths))], np.float32)
+
+    from grm_jax.data.chat import Encoded
+    from grm_jax.eval.score import score_encoded
+
+    def endogenous(prompts, s):
+        encs = [Encoded(list(prompts[r // G].ids) + s.tokens[r, :int(s.lengths[r])].tolist(), len(prompts[r // G].ids))
+                for r in range(len(s.lengths))]
+        scored = score_encoded(reward_params, model_cfg, encs, batch_size=len(encs), chunk=cfg.chunk, mesh=mesh)
+        return np.asarray([x["sum"] for x in scored], np.float32)
+    return endogenous
+
+
+def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = None, log=print):
+    """Trains per `cfg`, resuming from OUT's last checkpoint; writes OUT/final when done."""
+    from transformers import AutoTokenizer
+
+    from grm_jax.bench import forward_flops, matmul_peak_flops, peak_flops
+    from grm_jax.data.pipeline import BatchStream
+    from grm_jax.loading import load_any
+    from grm_jax.sampling import Temperature, generate
+    from grm_jax.sharding import batch_sharding, mesh_from_spec
+    from grm_jax.train.checkpoint import save_model
+    from grm_jax.train.checkpointing import RunCheckpointer, config_json
+    from grm_jax.train.loop import run_loop
+    from grm_jax.train.optim import make_optimizer
+    from grm_jax.train.state import init_train_state, make_train_step
+
+    out = Path(cfg.out)
+    if (out / "final").exists():
+        raise FileExistsError(f"{out / 'final'} exists: this run is finished (choose another out)")
+    out.mkdir(parents=True, exist_ok=True)
+    mesh = mesh_from_spec(cfg.mesh)
+    model_cfg, params, tok_dir = load_any(cfg.model, mesh=mesh, progress=progress)
+    if tok_dir is None:
+        raise FileNotFoundError(f"{cfg.model}: no tokenizer files next to the model")
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    formatter = ChatFormatter(tokenizer, system_prompt=cfg.system_prompt)
+    prompts = load_prompts(cfg, formatter, log=log)
+    stop = formatter.stop_ids()
+    pad = tokenizer.pad_token_id or 0
+
+    ref_params = jax.tree.map(jnp.copy, params)  # frozen π_ref: the initial policy
+    reward_params, reward_cfg = ref_params, model_cfg
+    if cfg.reward == "endogenous" and cfg.reward_model:
+        reward_cfg, reward_params, _ = load_any(cfg.reward_model, mesh=mesh, progress=progress)
+        if reward_cfg.vocab_size != model_cfg.vocab_size:
+            raise ValueError("the endogenous reward model must share the policy's tokenizer")
+    reward_fn = make_reward_fn(cfg, tokenizer, reward_cfg, reward_params, mesh)
+
+    optimizer = make_optimizer(dataclasses.replace(cfg.optim, total_steps=cfg.steps))
+    state = init_train_state(params, optimizer, cfg.seed)
+    update = make_train_step(grpo_loss_fn(model_cfg, cfg, mesh), grpo_normalizer, optimizer,
+                             grad_accum=cfg.optim.grad_accum)
+    ref_logp = jax.jit(lambda p, t, pos: token_logprobs(p, model_cfg, t, pos, chunk=cfg.chunk, mesh=mesh))
+    peak = peak_flops(jax.devices()[0]) or matmul_peak_flops()
+    stream = BatchStream(list(range(len(prompts))), cfg.prompts_per_step, seed=cfg.seed,
+                         collate_fn=np.asarray, process_index=jax.process_index(),
+                         process_count=jax.process_count())
+    G = cfg.group_size
+
+    def put(x):
+        return jax.device_put(x, batch_sharding(mesh, x.shape))
+
+    def step_fn(state, idx):
+        batch_prompts = [prompts[int(i)] for i in idx]
+        t0 = time.perf_counter()
+        s = generate(state.params, model_cfg, [p.ids for p in batch_prompts], strategy=Temperature(cfg.temperature),
+                     max_new_tokens=cfg.max_new_tokens, stop_tokens=stop, num_samples=G,
+                     seed=cfg.seed * 1_000_003 + int(state.step), pad_id=pad, mesh=mesh)
+        t1 = time.perf_counter()
+        rewards = reward_fn(batch_prompts, s)
+        t2 = time.perf_counter()
+        batch = build_batch([p.ids for p in batch_prompts], s, G, pad)
+        batch["adv"] = np.asarray(group_advantages(jnp.asarray(rewards), G))
+        batch = {k: put(v) for k, v in batch.items()}
+        batch["ref_logp"] = ref_logp(ref_params, batch["tokens"], batch["positions"])
+        jax.block_until_ready(batch["ref_logp"])
+        t3 = time.perf_counter()
+        for _ in range(cfg.inner_iters):
+            state, m = update(state, batch)
+        m = jax.device_get(m)
+        t4 = time.perf_counter()
+        R, T = batch["tokens"].shape
+        flops = 3 * forward_flops(model_cfg, R, T) * cfg.inner_iters
+        lengths = s.lengths.astype(np.float32)
+        metrics = {k: float(v) for k, v in m.items()}
+        metrics.update({
+            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+            "accuracy": float((rewards > 0).mean()), "response_length": float(lengths.mean()),
+            "stopped_fraction": float(s.stopped.mean()), "sampling_s": t1 - t0, "reward_s": t2 - t1,
+            "reference_s": t3 - t2, "update_s": t4 - t3,
+            "tokens_per_s": float(int((np.asarray(batch["positions"]) >= 0).sum())) / (t4 - t0),
+            "update_mfu": flops / (t4 - t3) / peak})
+        return state, metrics
+
+    checkpointer = RunCheckpointer(out / "checkpoints", keep=cfg.keep)
+    state, history, status = run_loop(
+        step_fn, state, stream, checkpointer=checkpointer, run_config=config_json(cfg),
+        total_steps=cfg.steps, save_every=cfg.save_every, run_dir=out, data_state=stream.state,
+        restore_data=stream.restore, stop_after=stop_after, progress=progress, log=log)
+    checkpointer.close()
+    summary = {"status": status, "steps": int(state.step), "prompts": len(prompts),
+               "update_mfu_peak": "device peak" if peak_flops(jax.devices()[0]) else
+               f"measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s", "last": history[-1] if history else None}
+    if status == "done":
+        save_model(out / "final", state.params, model_cfg,
+                   tokenizer_files=[p for p in Path(tok_dir).iterdir() if p.is_file()])
+        summary["final"] = str(out / "final")
+    return summary, history
