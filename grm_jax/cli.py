@@ -190,6 +190,27 @@ def _grpo(args) -> int:
     return 0 if summary["status"] in ("done", "stopped") else 3
 
 
+def _rft(args) -> int:
+    from grm_jax.eval.judge import JudgeOptions
+    from grm_jax.train.rft import run_rft
+
+    opts = JudgeOptions(k=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                        batch_size=args.batch_size, seed=args.seed, format=args.format,
+                        template=args.template, system_prompt=args.system_prompt)
+    counts = run_rft(args.model, args.data, args.out, n=args.n, hinted=args.hint, opts=opts,
+                     mesh=_mesh(args.mesh), overwrite=args.overwrite)
+    print(json.dumps(counts, indent=2))
+    if args.sft_out:
+        from grm_jax.config import load_config
+        from grm_jax.train.sft import SFTConfig, run_sft
+
+        cfg = load_config(SFTConfig, args.sft_config, [f"model={args.model}", f"data={args.out}",
+                                                       f"out={args.sft_out}", *args.sft])
+        summary, _ = run_sft(cfg)
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="grm-jax",
@@ -379,6 +400,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "optim.schedule=cosine|constant optim.warmup_steps=N optim.grad_accum=N "
                         "optim.clip_norm=X optim.weight_decay=X optim.fp32_moments=true|false")
     s.set_defaults(fn=_sft)
+
+    s = sub.add_parser("rft", help="rejective fine-tuning data from GRM items (then optionally SFT)",
+                       description="SPCT stage 1: for each GRM item (with ground-truth rewards) "
+                                   "sample --n trajectories with the GRM template, keep those "
+                                   "correct by Eq. 10, drop items where all were correct (too "
+                                   "easy); --hint adds one sample whose prompt names the best "
+                                   "response, kept only if correct (stored without the hint). "
+                                   "Writes the kept trajectories as SFT rows to OUT and the counts "
+                                   "(kept, too easy, all wrong, parse failures) to "
+                                   "OUT.summary.json; --sft-out DIR then runs `sft` on them.")
+    s.add_argument("--model", required=True, help="the GRM being trained (HF dir or checkpoint)")
+    s.add_argument("--data", required=True, help="GRM items (JSONL with rewards) or preference pairs")
+    s.add_argument("--out", required=True, help="output JSONL of kept trajectories (SFT rows)")
+    s.add_argument("--n", type=int, default=3, help="N_RFT samples per item (default 3)")
+    s.add_argument("--hint", action="store_true", help="hinted sampling")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--max-new-tokens", type=int, default=512)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--format", default="multi", choices=("multi", "single"))
+    s.add_argument("--template")
+    s.add_argument("--system-prompt")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--mesh", help=_MESH_HELP)
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--sft-out", help="then fine-tune MODEL on OUT into this run directory")
+    s.add_argument("--sft-config", help="SFT YAML for --sft-out")
+    s.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE", help="SFT override (repeatable)")
+    s.set_defaults(fn=_rft)
 
     s = sub.add_parser("grpo", help="GRPO with a KL penalty: rule rewards or an endogenous reward",
                        description="Online RL by GRPO (PAPERS.md): each step samples group_size "

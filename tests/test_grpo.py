@@ -44,6 +44,7 @@ def test_grpo_raises_the_mean_of_a_toy_rule_reward(tmp_path, chat_model):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 13))
     assert (tmp_path / "run" / "final" / "model_config.json").is_file()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_grpo_on_the_endogenous_reward_of_the_frozen_initial_policy(tmp_path, chat_model):

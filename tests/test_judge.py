@@ -181,3 +181,38 @@ def test_single_response_and_judge_baseline_formats(scripted, tmp_path):
     with pytest.raises(ValueError, match="scores one response"):
         judge_items(None, None, scripted, read_items(_jsonl(tmp_path / "t.jsonl", ITEMS[:1]))[0],
                     JudgeOptions(k=1, format="single"), progress=False)
+
+
+def test_rft_keeps_correct_trajectories_and_drops_too_easy_items(scripted, tmp_path):
+    from grm_jax.train.rft import select_trajectories
+
+    items, _, _ = read_items(_jsonl(tmp_path / "i.jsonl", ITEMS))
+    judged = judge_items(None, None, scripted, items, JudgeOptions(k=3, temperature=1.0), progress=False,
+                         hinted=True)
+    rows, counts = select_trajectories(judged, 3)
+    # The scripted GRM fails every third call and is right otherwise; the hinted sample is the
+    # 4th call per item (items of 4 calls: calls 3, 6, 9, 12 fail).
+    per_item = [[s["scores"] is not None for s in r["samples"]] for r in judged["results"]]
+    assert all(len(p) == 4 for p in per_item)
+    too_easy = sum(all(p[:3]) for p in per_item)
+    assert counts["too_easy"] == too_easy and counts["items"] == 3
+    kept_plain = sum(sum(p[:3]) for p in per_item if not all(p[:3]))
+    kept_hint = sum(p[3] for p in per_item if not all(p[:3]))
+    assert counts["kept"] == kept_plain + kept_hint == len(rows) and counts["kept_hinted"] == kept_hint
+    assert counts["parse_failures"] == sum(not x for p in per_item for x in p)
+    for row in rows:
+        user, reply = row["messages"][0]["content"], row["messages"][1]["content"]
+        assert "Hint:" not in user and reply.startswith("Scores: \\boxed{")
+        assert "#### Responses to be Scored ####" in user
+
+
+def test_rft_cli_on_a_tiny_random_grm(tmp_path, grm_model, capsys):
+    data = _jsonl(tmp_path / "items.jsonl", ITEMS)
+    out = tmp_path / "rft.jsonl"
+    assert main(["rft", "--model", str(grm_model), "--data", str(data), "--out", str(out), "--n", "2",
+                 "--max-new-tokens", "6", "--hint"]) == 0
+    counts = json.loads((tmp_path / "rft.summary.json").read_text())
+    assert counts["items"] == 3 and counts["bad_rows"] == 1 and counts["samples"] == 9  # 3 x (2 + hint)
+    assert counts["kept"] == len(out.read_text().splitlines())
+    assert counts["too_easy"] + counts["all_wrong"] <= counts["items"]
+    assert "row 3" in capsys.readouterr().out

@@ -31,6 +31,8 @@ from grm_jax.rewards.voting import VOTES, choose, is_correct, meta_keep, unshuff
 from grm_jax.sampling import Greedy, Temperature, generate
 
 FORMATS = {"multi": MULTI, "single": SINGLE, "judge": JUDGE}
+# Hinted sampling (RFT): appended to the GRM prompt; {} is the shown number of the best response.
+HINT = "\n\nHint: the best response is Response {}."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +120,13 @@ def _combine(item: Item, index: int, samples: list[dict], keep: Sequence[int], o
 
 
 def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOptions, *,
-                meta: MetaRM | None = None, mesh: Mesh | None = None, progress: bool = True) -> dict:
-    """Samples, parses and votes; returns {"results": per-item dicts, "timing": {...}}."""
+                meta: MetaRM | None = None, mesh: Mesh | None = None, progress: bool = True,
+                hinted: bool = False) -> dict:
+    """Samples, parses and votes; returns {"results": per-item dicts, "timing": {...}}.
+
+    `hinted` (for rejective fine-tuning) adds one more sample per item with n >= 2 and ground
+    truth, whose prompt names the best response (HINT); it is marked "hinted" and never voted.
+    """
     fmt = opts.grm_format
     template = load_template(opts.template or fmt.template)
     formatter = ChatFormatter(tokenizer, system_prompt=opts.system_prompt)
@@ -133,6 +140,12 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
             perm = _sample_rng(opts.seed, i, j).permutation(len(item.responses))
             text = render(template, item.prompt, [item.responses[p] for p in perm])
             jobs.append((i, j, perm, text, formatter.prompt_ids(text)))
+        if hinted and item.rewards is not None and len(item.responses) >= 2:
+            perm = _sample_rng(opts.seed, i, opts.k).permutation(len(item.responses))
+            best = int(np.argmax(item.rewards))
+            shown = int(np.flatnonzero(perm == best)[0]) + 1
+            text = render(template, item.prompt, [item.responses[p] for p in perm]) + HINT.format(shown)
+            jobs.append((i, opts.k, perm, text, formatter.prompt_ids(text)))
 
     strategy = Greedy() if opts.k == 1 else Temperature(opts.temperature)
     order = sorted(range(len(jobs)), key=lambda t: -len(jobs[t][4]))
@@ -163,6 +176,8 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
         scores, reason = _sample_scores(fmt, reply, len(item.responses), not stopped, perm)
         sample = {"text": reply, "scores": scores, "reason": reason, "permutation": [int(p) for p in perm],
                   "tokens": n_tokens, "finish": "stop" if stopped else "length"}
+        if j == opts.k:
+            sample["hinted"] = True
         if _has_unique_top(item.rewards) and not fmt.picks_best:
             sample["correct"] = is_correct(scores, item.rewards)
         results[i]["samples"].append(sample)
@@ -180,7 +195,7 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
 
     k_meta = None if meta is None else (opts.k_meta or max(1, opts.k // 2))
     for i, r in enumerate(results):
-        r.pop("_prompts", None)
+        r["prompts"] = r.pop("_prompts", [])
         votes, choice, kept = _combine(r["item"], i, r["samples"], list(range(opts.k)), opts, k_meta)
         r["votes"], r["choice"] = [float(v) for v in votes], choice
         if k_meta is not None:

@@ -50,6 +50,7 @@ class GRPOConfig:
     max_new_tokens: int = 256
     max_prompt_length: int = 1024
     temperature: float = 1.0
+    unroll_layers: bool = False          # sampler: True copies the layer weights per step (faster on CPU)
     inner_iters: int = 1
     eps: float = 0.2
     eps_high: Optional[float] = None

@@ -164,7 +164,8 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
         t0 = time.perf_counter()
         s = generate(state.params, model_cfg, [p.ids for p in batch_prompts], strategy=Temperature(cfg.temperature),
                      max_new_tokens=cfg.max_new_tokens, stop_tokens=stop, num_samples=G,
-                     seed=cfg.seed * 1_000_003 + int(state.step), pad_id=pad, mesh=mesh)
+                     seed=cfg.seed * 1_000_003 + int(state.step), pad_id=pad, mesh=mesh,
+                     unroll_layers=cfg.unroll_layers)
         t1 = time.perf_counter()
         rewards = reward_fn(batch_prompts, s)
         t2 = time.perf_counter()

@@ -1,7 +1,8 @@
 """The train loop shared by `sft`, `rft` and `grpo`: resume, dispatch, metrics, checkpoints, SIGTERM.
 
 The device loop is never blocked on metrics: step N is dispatched, then step N−1's metrics are
-fetched and written (JSONL, one line per step). A SIGTERM (a TPU VM being preempted, a scheduler
+fetched and written (RUN/metrics.jsonl, one line per step, and TensorBoard scalars under
+RUN/tensorboard). A SIGTERM (a TPU VM being preempted, a scheduler
 stopping the job) sets a flag; after the current step the loop saves a checkpoint, waits for it to
 be written and returns, so the run resumes from there.
 """
@@ -65,6 +66,9 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
         _trim_metrics(metrics_path, start)
         log(f"resumed from {checkpointer.directory / str(start)} (step {start} of {total_steps})")
     history, pending, status = [], None, "done"
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -80,6 +84,9 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
         history.append(values)
         with metrics_path.open("a") as f:
             f.write(json.dumps(values) + "\n")
+        for key, value in values.items():
+            if key != "step":
+                writer.add_scalar(key, value, step)
         if bar:
             bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
 
@@ -109,6 +116,7 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
         if pending:
             flush(pending, time.perf_counter())
     checkpointer.wait()
+    writer.close()
     if bar:
         bar.close()
     return state, history, status
