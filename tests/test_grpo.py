@@ -86,3 +86,36 @@ def test_bad_grpo_configs():
         GRPOConfig(model="m", data="d", out="o", reward="bleu")
     with pytest.raises(ValueError, match="group_size"):
         GRPOConfig(model="m", data="d", out="o", group_size=1)
+
+
+def test_grpo_on_grm_items_with_the_eq10_rule(tmp_path, grm_model):
+    items = [{"prompt": f"What is {i} + {i}?", "responses": [f"{2 * i}", f"{2 * i + 1}"], "rewards": [1, 0]}
+             for i in range(4)]
+    items.append({"prompt": "no truth", "responses": ["a", "b"]})  # no rewards: reported, skipped
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in items))
+    logs = []
+    cfg = _cfg(grm_model, data, tmp_path / "run", "reward=grm", "steps=1", "max_new_tokens=8",
+               "max_prompt_length=2048")
+    summary, history = run_grpo(cfg, progress=False, log=logs.append)
+    assert summary["status"] == "done" and any("row 5" in m and "rewards" in m for m in logs)
+    # Noise replies never parse: every reward is -1, every group all-equal, so no advantage.
+    assert history[0]["reward_mean"] == -1.0 and history[0]["accuracy"] == 0.0
+
+
+def test_grpo_resume_is_exact(tmp_path, chat_model):
+    import jax
+
+    from grm_jax.train.checkpoint import load_model
+
+    data = _prompts(tmp_path / "p.jsonl")
+    args = ("reward=token_rate", "reward_target=160", "steps=4", "optim.lr=1e-2", "max_new_tokens=8")
+    run_grpo(_cfg(chat_model, data, tmp_path / "a", *args), progress=False, log=lambda *_: None)
+    run_grpo(_cfg(chat_model, data, tmp_path / "b", *args), progress=False, stop_after=2, log=lambda *_: None)
+    run_grpo(_cfg(chat_model, data, tmp_path / "b", *args), progress=False, log=lambda *_: None)
+    for x, y in zip(jax.tree.leaves(load_model(tmp_path / "a" / "final")[1]),
+                    jax.tree.leaves(load_model(tmp_path / "b" / "final")[1])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    ra = [json.loads(x)["reward_mean"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x)["reward_mean"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert ra == rb and len(ra) == 4
