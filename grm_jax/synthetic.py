@@ -1,0 +1,116 @@
+"""A synthetic judging task whose answers a program can check (the embedded default's data).
+
+Queries are small arithmetic questions ("What is 7 + 5?"). Candidate responses are right, or
+wrong in plausible ways (off by one or two, the wrong operation, swapped digits). GRM items carry
+n = 1..4 responses with ground-truth rewards: for n >= 2 exactly one response is right (a unique
+maximum, as Eq. 10 needs); for n = 1 the reward is the 0/1 label.
+
+Teacher trajectories are GRM replies in the published layout — specific criteria, an analysis
+that recomputes the result and checks each response, boxed scores — that are wrong a set
+fraction of the time (the teacher miscomputes the result), so a model pretrained on them is well
+formatted but an imperfect judge, with room for RFT and GRPO to improve it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Sequence
+
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    max_operand: int = 9
+    ops: tuple[str, ...] = ("+", "-", "*")
+    min_responses: int = 2
+    max_responses: int = 4
+    teacher_error: float = 0.25      # fraction of teacher replies built on a miscomputed result
+
+    def __post_init__(self):
+        if not 1 <= self.min_responses <= self.max_responses:
+            raise ValueError("need 1 <= min_responses <= max_responses")
+        if not 0.0 <= self.teacher_error <= 1.0:
+            raise ValueError("teacher_error must be in [0, 1]")
+        if any(op not in OPS for op in self.ops):
+            raise ValueError(f"ops must be among {tuple(OPS)}")
+
+
+def make_query(rng: random.Random, cfg: TaskConfig) -> tuple[str, int, tuple[int, str, int]]:
+    a, b = rng.randint(0, cfg.max_operand), rng.randint(0, cfg.max_operand)
+    op = rng.choice(cfg.ops)
+    return f"What is {a} {op} {b}?", OPS[op](a, b), (a, op, b)
+
+
+def wrong_answer(rng: random.Random, answer: int, parts: tuple[int, str, int]) -> int:
+    """A plausible wrong result: off by one or two, another operation, or swapped digits."""
+    a, op, b = parts
+    options = [answer + d for d in (-2, -1, 1, 2)]
+    options += [f(a, b) for o, f in OPS.items() if o != op]
+    if abs(answer) >= 10:
+        s = str(abs(answer))
+        options.append(int(s[::-1]) * (1 if answer >= 0 else -1))
+    options = [x for x in options if x != answer]
+    return rng.choice(options)
+
+
+def response_text(query_parts: tuple[int, str, int], claimed: int) -> str:
+    a, op, b = query_parts
+    return f"{a} {op} {b} = {claimed}."
+
+
+def make_item(rng: random.Random, cfg: TaskConfig, n: int | None = None, index: int = 0) -> dict:
+    """One GRM item {id, prompt, responses, rewards, subset, claims, answer}."""
+    query, answer, parts = make_query(rng, cfg)
+    n = n or rng.randint(cfg.min_responses, cfg.max_responses)
+    if n == 1:
+        right = rng.random() < 0.5
+        claims = [answer if right else wrong_answer(rng, answer, parts)]
+        rewards = [1 if right else 0]
+    else:
+        wrong = set()
+        while len(wrong) < n - 1:
+            wrong.add(wrong_answer(rng, answer, parts))
+        claims = [answer, *sorted(wrong)]
+        rng.shuffle(claims)
+        rewards = [1 if c == answer else 0 for c in claims]
+    return {"id": f"arith-{index}", "prompt": query, "responses": [response_text(parts, c) for c in claims],
+            "rewards": rewards, "subset": f"n={n}", "claims": claims, "answer": answer,
+            "parts": list(parts)}
+
+
+def make_items(count: int, seed: int, cfg: TaskConfig = TaskConfig()) -> list[dict]:
+    """`count` items, deterministic in `seed`."""
+    rng = random.Random(seed)
+    return [make_item(rng, cfg, index=i) for i in range(count)]
+
+
+def teacher_reply(item: dict, perm: Sequence[int], rng: random.Random, cfg: TaskConfig,
+                  single: bool = False) -> tuple[str, bool]:
+    """(a GRM reply for the responses shown in `perm` order, whether it was built on the true
+    result). With probability teacher_error the teacher miscomputes the result and judges the
+    responses against its wrong value."""
+    a, op, b = item["parts"]
+    truthful = rng.random() >= cfg.teacher_error
+    believed = item["answer"] if truthful else wrong_answer(rng, item["answer"], (a, op, b))
+    lines, scores = [], []
+    for shown, original in enumerate(perm, 1):
+        claimed = item["claims"][original]
+        ok = claimed == believed
+        verdict = "correct" if ok else "incorrect"
+        lines.append(f"Response {shown} says {a} {op} {b} = {claimed}, which is {verdict}.")
+        if single:
+            scores.append(1 if ok else 0)
+        else:
+            scores.append(rng.randint(8, 10) if ok else rng.randint(1, 3))
+    criteria = ("Specific Criteria: the result must be arithmetically correct (weight 0.8) and stated "
+                "clearly (weight 0.2).")
+    analysis = f"Analysis: {a} {op} {b} = {believed}. " + " ".join(lines)
+    box = "\\boxed{" + ", ".join(map(str, scores)) + "}"
+    return f"{criteria}\n{analysis}\nScores: {box}", truthful
+
+
+def qa_texts(items: Sequence[dict]) -> list[tuple[str, str]]:
+    """(query, correct response) pairs: plain instruction data for the corpus."""
+    return [(it["prompt"], response_text(tuple(it["parts"]), it["answer"])) for it in items]
