@@ -136,6 +136,10 @@ def test_templates_render_the_published_layout():
     assert "\\boxed{x}" in single and "0 or 1" in single
     assert "\\boxed{i}" in render(load_template(JUDGE.template), "q", ["a", "b"])
     assert split_conversation("plain") == ([], "plain")
+    compact = render(load_template("grm_compact"), "q", ["a", "b"])  # the same layout, few words
+    for part in ("#### Conversation Context ####", "[The Begin of Response 2]\nb\n[The End of Response 2]",
+                 "#### Output Format Requirements ####", "Scores: \\boxed{x, x}"):
+        assert part in compact
 
 
 def test_user_template_file_and_errors(tmp_path):
