@@ -29,3 +29,13 @@ def load_any(src: str | Path, *, mesh: Mesh | None = None, param_dtype: str | No
         raise FileNotFoundError(f"{src}: no such file or directory")
     raise FileNotFoundError(f"{src}: neither a Hugging Face model directory (config.json) nor a "
                             "grm-jax model checkpoint (model_config.json + params/)")
+
+
+def load_with_tokenizer(src: str | Path, *, mesh: Mesh | None = None, progress: bool = True):
+    """(ModelConfig, params, tokenizer directory, tokenizer) of a model that must have one."""
+    from transformers import AutoTokenizer
+
+    cfg, params, tok_dir = load_any(src, mesh=mesh, progress=progress)
+    if tok_dir is None:
+        raise FileNotFoundError(f"{src}: no tokenizer files next to the model")
+    return cfg, params, tok_dir, AutoTokenizer.from_pretrained(str(tok_dir))

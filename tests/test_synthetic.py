@@ -3,7 +3,6 @@
 import random
 
 import numpy as np
-import pytest
 
 from grm_jax.rewards.grm import MULTI, SINGLE
 from grm_jax.rewards.parse import parse_scores

@@ -78,8 +78,10 @@ def _grm_row(i: int, r: dict) -> Item | str:
 def _ppe_row(i: int, r: dict, layout: str) -> Item | str:
     keys = sorted((int(m.group(1)), k) for k in r if (m := _RESPONSE_N.match(k)))
     prompt = r.get("prompt")
-    if prompt is None or (why := check_prompt(prompt)) is not None:
-        return "field 'prompt' is missing or empty"
+    if prompt is None:
+        return "field 'prompt' is missing"
+    if (why := check_prompt(prompt)) is not None:
+        return f"field 'prompt' {why}"
     responses = [r[k] for _, k in keys]
     if len(responses) < 2 or not all(isinstance(x, str) for x in responses):
         return "fields response_1.. must be two or more strings"

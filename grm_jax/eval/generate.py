@@ -32,19 +32,14 @@ def generate_file(model: str | Path, prompts: str | Path, out: str | Path, *,
                   use_template: bool | None = None, mesh: Mesh | None = None,
                   overwrite: bool = False, progress: bool = True) -> dict:
     """Samples `num_samples` responses per prompt row and writes them to `out`; returns a summary."""
-    from transformers import AutoTokenizer
-
-    from grm_jax.loading import load_any
+    from grm_jax.loading import load_with_tokenizer
 
     out = Path(out)
     check_writable(out, overwrite=overwrite)
     rows = read_rows(prompts)
     if not rows:
         raise DataError(f"{prompts}: no rows")
-    cfg, params, tok_dir = load_any(model, mesh=mesh, progress=progress)
-    if tok_dir is None:
-        raise FileNotFoundError(f"{model}: no tokenizer files next to the model")
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    cfg, params, tok_dir, tokenizer = load_with_tokenizer(model, mesh=mesh, progress=progress)
     formatter = ChatFormatter(tokenizer, system_prompt=system_prompt, use_template=use_template)
     stop = formatter.stop_ids()
 

@@ -380,16 +380,12 @@ def dumps_lines(results: list[dict]) -> str:
 
 def load_meta_rm(directory: str | Path, *, mesh: Mesh | None = None) -> MetaRM:
     """A meta RM checkpoint: a model (grm-jax checkpoint or HF dir) with value_head.npz."""
-    from transformers import AutoTokenizer
-
-    from grm_jax.loading import load_any
+    from grm_jax.loading import load_with_tokenizer
     from grm_jax.train.scalar_rm import load_value_head
 
     head = load_value_head(directory)
-    cfg, params, tok_dir = load_any(directory, mesh=mesh, progress=False)
-    if tok_dir is None:
-        raise FileNotFoundError(f"{directory}: the meta RM has no tokenizer files")
-    formatter = ChatFormatter(AutoTokenizer.from_pretrained(str(tok_dir)))
+    cfg, params, _, tokenizer = load_with_tokenizer(directory, mesh=mesh, progress=False)
+    formatter = ChatFormatter(tokenizer)
     return MetaRM(params, head, cfg, formatter, load_template("meta_rm"))
 
 
@@ -399,11 +395,9 @@ def judge_file(model: str | Path, data: str | Path, out: str | Path, *, opts: Ju
                overwrite: bool = False, progress: bool = True) -> dict:
     """Judges every item of `data`; writes OUT (JSONL, one line per item in input order, bad rows
     as error lines), the summary JSON and, for a scaling list, the PNG plot. Returns the summary."""
-    from transformers import AutoTokenizer
-
     from grm_jax.atomic import atomic_write_text, check_writable
     from grm_jax.data.grm_items import read_items
-    from grm_jax.loading import load_any
+    from grm_jax.loading import load_with_tokenizer
 
     out = Path(out)
     summary_path = Path(summary_path) if summary_path else out.with_suffix(".summary.json")
@@ -413,10 +407,7 @@ def judge_file(model: str | Path, data: str | Path, out: str | Path, *, opts: Ju
     plot_path = Path(plot_path) if plot_path else (out.with_suffix(".scaling.png") if len(ks) > 1 else None)
     check_writable(out, summary_path, plot_path, overwrite=overwrite)
     items, bad, layout = read_items(data)
-    cfg, params, tok_dir = load_any(model, mesh=mesh, progress=progress)
-    if tok_dir is None:
-        raise FileNotFoundError(f"{model}: no tokenizer files next to the model")
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    cfg, params, tok_dir, tokenizer = load_with_tokenizer(model, mesh=mesh, progress=progress)
     meta = load_meta_rm(meta_rm, mesh=mesh) if meta_rm else None
     judged = judge_items(params, cfg, tokenizer, items, opts, meta=meta, mesh=mesh, progress=progress) \
         if items else {"results": [], "timing": {}, "k_meta": None}

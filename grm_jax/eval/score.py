@@ -135,9 +135,7 @@ def score_file(model: str | Path, data: str | Path, out: str | Path, *, summary_
                overwrite: bool = False, progress: bool = True, log=print) -> dict:
     """Scores every row of `data` with the endogenous reward of `model`; writes `out` (JSONL) and
     the summary JSON (default: OUT with suffix .summary.json). Returns the summary."""
-    from transformers import AutoTokenizer
-
-    from grm_jax.loading import load_any
+    from grm_jax.loading import load_with_tokenizer
 
     out = Path(out)
     summary_path = Path(summary_path) if summary_path else out.with_suffix(".summary.json")
@@ -146,11 +144,8 @@ def score_file(model: str | Path, data: str | Path, out: str | Path, *, summary_
     layout = detect_layout(rows, data)
     good, errors = validate(rows, layout, data)
 
-    cfg, params, tok_dir = load_any(model, mesh=mesh, progress=progress)
-    if tok_dir is None:
-        raise FileNotFoundError(f"{model}: no tokenizer files next to the model")
-    formatter = ChatFormatter(AutoTokenizer.from_pretrained(str(tok_dir)),
-                              system_prompt=options.system_prompt, use_template=options.use_template)
+    cfg, params, _, tokenizer = load_with_tokenizer(model, mesh=mesh, progress=progress)
+    formatter = ChatFormatter(tokenizer, system_prompt=options.system_prompt, use_template=options.use_template)
     max_length = min(options.max_length, cfg.max_position)
 
     encoded, owners, truncated_rows, empty = [], [], set(), 0

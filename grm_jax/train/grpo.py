@@ -15,11 +15,8 @@ of its responses), "math" (+1/−1 final-answer check against the row's `answer`
 from __future__ import annotations
 
 import dataclasses
-import time
-from pathlib import Path
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
@@ -28,7 +25,7 @@ from omegaconf import MISSING
 from grm_jax.models.config import ModelConfig
 from grm_jax.models.logprobs import token_logprobs
 from grm_jax.train.optim import OptimConfig
-from grm_jax.train.rl import AGGREGATIONS, KL_ESTIMATORS, clipped_surrogate, group_advantages, kl_estimate
+from grm_jax.train.rl import AGGREGATIONS, KL_ESTIMATORS, clipped_surrogate, kl_estimate
 
 REWARD_KINDS = ("grm", "math", "endogenous", "token_rate")
 

@@ -110,11 +110,9 @@ def make_reward_fn(cfg: GRPOConfig, tokenizer, model_cfg, reward_params, mesh):
 
 def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = None, log=print):
     """Trains per `cfg`, resuming from OUT's last checkpoint; writes OUT/final when done."""
-    from transformers import AutoTokenizer
-
     from grm_jax.bench import forward_flops, matmul_peak_flops, peak_flops
     from grm_jax.data.pipeline import BatchStream
-    from grm_jax.loading import load_any
+    from grm_jax.loading import load_any, load_with_tokenizer
     from grm_jax.sampling import Temperature, generate
     from grm_jax.sharding import batch_sharding, mesh_from_spec
     from grm_jax.train.checkpoint import save_model
@@ -128,10 +126,7 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
         raise FileExistsError(f"{out / 'final'} exists: this run is finished (choose another out)")
     out.mkdir(parents=True, exist_ok=True)
     mesh = mesh_from_spec(cfg.mesh)
-    model_cfg, params, tok_dir = load_any(cfg.model, mesh=mesh, progress=progress)
-    if tok_dir is None:
-        raise FileNotFoundError(f"{cfg.model}: no tokenizer files next to the model")
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    model_cfg, params, tok_dir, tokenizer = load_with_tokenizer(cfg.model, mesh=mesh, progress=progress)
     formatter = ChatFormatter(tokenizer, system_prompt=cfg.system_prompt)
     prompts = load_prompts(cfg, formatter, log=log)
     stop = formatter.stop_ids()

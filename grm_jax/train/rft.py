@@ -53,10 +53,8 @@ def select_trajectories(judged: dict, n: int, system_prompt: str | None = None) 
 def run_rft(model, data, out, *, n: int = 3, hinted: bool = False, opts: JudgeOptions | None = None,
             mesh=None, overwrite: bool = False, progress: bool = True, log=print) -> dict:
     """Samples and filters; writes OUT (SFT rows) and OUT.summary.json. Returns the counts."""
-    from transformers import AutoTokenizer
-
     from grm_jax.data.grm_items import read_items
-    from grm_jax.loading import load_any
+    from grm_jax.loading import load_with_tokenizer
 
     out = Path(out)
     summary_path = out.with_suffix(".summary.json")
@@ -69,10 +67,7 @@ def run_rft(model, data, out, *, n: int = 3, hinted: bool = False, opts: JudgeOp
     items = [it for it in items if it.rewards is not None]
     for i in sorted(bad)[:20]:
         log(f"bad row: {bad[i]}")
-    cfg, params, tok_dir = load_any(model, mesh=mesh, progress=progress)
-    if tok_dir is None:
-        raise FileNotFoundError(f"{model}: no tokenizer files next to the model")
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    cfg, params, tok_dir, tokenizer = load_with_tokenizer(model, mesh=mesh, progress=progress)
     judged = judge_items(params, cfg, tokenizer, items, opts, mesh=mesh, progress=progress, hinted=hinted)
     rows, counts = select_trajectories(judged, opts.k, opts.system_prompt)
     counts.update({"bad_rows": len(bad), "n_rft": opts.k, "hinted_sampling": hinted,

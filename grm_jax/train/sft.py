@@ -59,11 +59,9 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
     """Trains per `cfg`, resuming from the run directory's last checkpoint; at the end writes the
     model as a grm-jax checkpoint in OUT/final. Returns (summary, final train state)."""
     import jax
-    from transformers import AutoTokenizer
-
     from grm_jax.data.chat import ChatFormatter
     from grm_jax.data.pipeline import BatchStream, read_sft
-    from grm_jax.loading import load_any
+    from grm_jax.loading import load_with_tokenizer
     from grm_jax.sharding import batch_sharding, mesh_from_spec
     from grm_jax.train.checkpoint import save_model
     from grm_jax.train.checkpointing import RunCheckpointer, config_json
@@ -76,10 +74,7 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
         raise FileExistsError(f"{out / 'final'} exists: this run is finished (choose another out)")
     out.mkdir(parents=True, exist_ok=True)
     mesh = mesh_from_spec(cfg.mesh)
-    model_cfg, params, tok_dir = load_any(cfg.model, mesh=mesh, progress=progress)
-    if tok_dir is None:
-        raise FileNotFoundError(f"{cfg.model}: no tokenizer files next to the model")
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    model_cfg, params, tok_dir, tokenizer = load_with_tokenizer(cfg.model, mesh=mesh, progress=progress)
     formatter = ChatFormatter(tokenizer, system_prompt=cfg.system_prompt,
                               use_template=None if cfg.chat_template else False)
     examples, bad, truncated = read_sft(cfg.data, formatter, min(cfg.max_length, model_cfg.max_position))
