@@ -52,10 +52,12 @@ def read_sft(path: str | Path, formatter: ChatFormatter, max_length: int):
     return examples, bad, truncated
 
 
-def collate(examples: Sequence[Encoded], pad_id: int = 0, length: int | None = None) -> dict:
-    """Right-padded arrays: tokens, positions (-1 at padding) and loss_mask (1 at the response)."""
+def collate(examples: Sequence[Encoded], pad_id: int = 0, length: int | None = None,
+            rows: int | None = None) -> dict:
+    """Right-padded arrays: tokens, positions (-1 at padding) and loss_mask (1 at the response);
+    T is a length bucket (or `length`), and `rows` >= len(examples) adds all-padding rows."""
     T = length or bucket(max(e.end for e in examples))
-    B = len(examples)
+    B = rows or len(examples)
     tokens = np.full((B, T), pad_id, np.int32)
     positions = np.full((B, T), -1, np.int32)
     loss_mask = np.zeros((B, T), np.int32)

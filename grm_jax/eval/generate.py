@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from jax.sharding import Mesh
+from tqdm.auto import tqdm
 
 from grm_jax.atomic import atomic_write_text, check_writable
 from grm_jax.data.chat import ChatFormatter, PromptError
@@ -56,10 +57,7 @@ def generate_file(model: str | Path, prompts: str | Path, out: str | Path, *,
 
     todo.sort(key=lambda t: -len(t[1]))
     results: dict[int, list[dict]] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc="generating", unit="prompt")
+    bar = tqdm(total=len(todo), desc="generating", unit="prompt", disable=not progress)
     t0, new_tokens = time.perf_counter(), 0
     for k in range(0, len(todo), batch_size):
         chunk = todo[k:k + batch_size]
@@ -77,10 +75,8 @@ def generate_file(model: str | Path, prompts: str | Path, out: str | Path, *,
                     "finish": "stop" if s.stopped[r] else "length",
                     "logprob": float(s.logprobs[r, :length].sum())})
                 new_tokens += length
-        if bar:
-            bar.update(len(chunk))
-    if bar:
-        bar.close()
+        bar.update(len(chunk))
+    bar.close()
     seconds = time.perf_counter() - t0
 
     lines = []

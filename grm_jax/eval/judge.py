@@ -21,9 +21,11 @@ from typing import Sequence
 
 import numpy as np
 from jax.sharding import Mesh
+from tqdm.auto import tqdm
 
-from grm_jax.data.chat import ChatFormatter
+from grm_jax.data.chat import ChatFormatter, Encoded
 from grm_jax.data.grm_items import Item
+from grm_jax.data.pipeline import collate
 from grm_jax.eval.preference import rmbench_levels
 from grm_jax.rewards.grm import JUDGE, MULTI, SINGLE, GrmFormat, load_template, render, render_meta
 from grm_jax.rewards.parse import REASONS, parse_scores
@@ -93,7 +95,7 @@ def _sample_scores(fmt: GrmFormat, text: str, n: int, truncated: bool, perm) -> 
     return unshuffle(parsed.scores, perm), None
 
 
-def _item_correct(item: Item, votes, choice: int, parsed: list) -> bool | None:
+def _item_correct(item: Item, choice: int, parsed: list) -> bool | None:
     """Best-of-n Accuracy@1 for n >= 2 (the choice holds a maximal ground-truth reward); for
     n = 1 the rounded mean of the parsed scores equals the label (extension of Eq. 10)."""
     if item.rewards is None:
@@ -150,10 +152,7 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
     strategy = Greedy() if opts.k == 1 else Temperature(opts.temperature)
     order = sorted(range(len(jobs)), key=lambda t: -len(jobs[t][4]))
     replies: dict[int, tuple[str, int, bool]] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(jobs), desc="judging", unit="prompt")
+    bar = tqdm(total=len(jobs), desc="judging", unit="prompt", disable=not progress)
     t0, new_tokens = time.perf_counter(), 0
     for call, start in enumerate(range(0, len(order), opts.batch_size)):
         chunk = order[start:start + opts.batch_size]
@@ -163,10 +162,8 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
             n = int(s.lengths[r])
             replies[t] = (tokenizer.decode(s.body(r), skip_special_tokens=True), n, bool(s.stopped[r]))
             new_tokens += n
-        if bar:
-            bar.update(len(chunk))
-    if bar:
-        bar.close()
+        bar.update(len(chunk))
+    bar.close()
     seconds = time.perf_counter() - t0
 
     results = [{"item": item, "samples": []} for item in items]
@@ -201,7 +198,7 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
         if k_meta is not None:
             r["kept"] = kept
         parsed = [r["samples"][j]["scores"] for j in kept if r["samples"][j]["scores"] is not None]
-        r["correct"] = _item_correct(r["item"], votes, choice, parsed)
+        r["correct"] = _item_correct(r["item"], choice, parsed)
     timing = {"prompts": len(jobs), "batch_size": opts.batch_size, "sampling_s": round(seconds, 3),
               "prompts_per_s": len(jobs) / seconds if seconds else float("nan"),
               "new_tokens": new_tokens, "new_tokens_per_s": new_tokens / seconds if seconds else float("nan"),
@@ -217,19 +214,13 @@ def meta_values(meta: MetaRM, texts: Sequence[str], *, batch_size: int = 32,
     from grm_jax.sampling import bucket
 
     fn = _jitted_values(meta.config, mesh)
-    ids = [meta.formatter.prompt_ids(t) for t in texts]
+    ids = [Encoded(meta.formatter.prompt_ids(t), 0) for t in texts]
     out = np.zeros(len(ids), np.float32)
-    order = sorted(range(len(ids)), key=lambda t: -len(ids[t]))
+    order = sorted(range(len(ids)), key=lambda t: -len(ids[t].ids))
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        T = bucket(max(len(ids[t]) for t in chunk))
-        B = bucket(len(chunk), minimum=1)
-        tokens = np.zeros((B, T), np.int32)
-        positions = np.full((B, T), -1, np.int32)
-        for r, t in enumerate(chunk):
-            tokens[r, :len(ids[t])] = ids[t]
-            positions[r, :len(ids[t])] = np.arange(len(ids[t]))
-        values = jax.device_get(fn(meta.params, meta.head, tokens, positions))
+        b = collate([ids[t] for t in chunk], rows=bucket(len(chunk), minimum=1))
+        values = jax.device_get(fn(meta.params, meta.head, b["tokens"], b["positions"]))
         out[chunk] = values[:len(chunk)]
     return out
 
@@ -269,7 +260,7 @@ def scaling_curve(judged: dict, ks: Sequence[int], opts: JudgeOptions) -> list[d
                 salt = 0 if k == opts.k else (k << 16) + d + 1
                 votes, choice, kept = _combine(r["item"], i, r["samples"], subset, opts, k_meta, salt=salt)
                 parsed = [r["samples"][j]["scores"] for j in kept if r["samples"][j]["scores"] is not None]
-                hits += bool(_item_correct(r["item"], votes, choice, parsed))
+                hits += bool(_item_correct(r["item"], choice, parsed))
             count += draws
         rows.append({"k": k, "accuracy": hits / count if count else float("nan"), "items": count // max(draws, 1),
                      "draws": draws, "k_meta": k_meta})

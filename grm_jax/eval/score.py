@@ -16,9 +16,11 @@ from typing import Sequence
 import jax
 import numpy as np
 from jax.sharding import Mesh
+from tqdm.auto import tqdm
 
 from grm_jax.atomic import atomic_write_text, check_writable
 from grm_jax.data.chat import ChatFormatter, Encoded, PromptError
+from grm_jax.data.pipeline import collate
 from grm_jax.data.preference import detect_layout, read_rows, validate
 from grm_jax.eval.preference import pair_accuracy, rmbench_summary
 from grm_jax.models.config import ModelConfig
@@ -61,33 +63,20 @@ def score_encoded(params, config: ModelConfig, encoded: Sequence[Encoded], *, ba
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
     batches = [order[i:i + B] for i in range(0, len(order), B)]
     results: list[dict | None] = [None] * len(encoded)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(encoded), desc="scoring", unit="seq")
+    bar = tqdm(total=len(encoded), desc="scoring", unit="seq", disable=not progress)
     for idx in batches:
-        T = bucket(max(len(encoded[i].ids) for i in idx))
-        tokens = np.zeros((B, T), np.int32)
-        positions = np.full((B, T), -1, np.int32)
-        response = np.zeros((B, T), np.int32)
-        for row, i in enumerate(idx):
-            e = encoded[i]
-            tokens[row, :e.end] = e.ids
-            positions[row, :e.end] = np.arange(e.end)
-            response[row, e.start:e.end] = 1
-        arrays = [tokens, positions, response]
+        b = collate([encoded[i] for i in idx], rows=B)
+        arrays = [b["tokens"], b["positions"], b["loss_mask"]]
         if mesh is not None:
             arrays = [jax.device_put(a, batch_sharding(mesh, a.shape)) for a in arrays]
-        window = min(bucket(max(encoded[i].end - encoded[i].start for i in idx)), T)
+        window = min(bucket(max(encoded[i].end - encoded[i].start for i in idx)), b["tokens"].shape[1])
         out = jax.device_get(fn(params, *arrays, window))
         for row, i in enumerate(idx):
             e = encoded[i]
             results[i] = {k: float(out[k][row]) for k in ("sum", "mean", "logprob", "value", "count")}
             results[i]["tokens"] = out["tokens"][row, :e.end - e.start].tolist()
-        if bar:
-            bar.update(len(idx))
-    if bar:
-        bar.close()
+        bar.update(len(idx))
+    bar.close()
     return results
 
 

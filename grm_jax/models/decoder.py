@@ -97,20 +97,19 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, cache: Cache | None = None, *,
-                 return_hidden: bool = False, hidden_only: bool = False):
+                 hidden_only: bool = False):
         """Runs the model on `tokens_BT` placed at cache slots [cache.end, cache.end + T).
 
         Args:
           tokens_BT: int token ids.
           positions_BT: int positions; negative marks padding.
           cache: KV cache from `init_cache` (or a previous call), or None for a plain forward.
-          return_hidden: also return the final-norm hidden states [B, T, D].
           hidden_only: skip the LM head and return (hidden states, cache); pair with
             `lm_head_logits` to compute logits a chunk at a time.
 
         Returns:
-          (logits [B, T, V] in float32, the updated cache or None), plus the hidden states when
-          `return_hidden`.
+          (logits [B, T, V] in float32, the updated cache or None); with `hidden_only`, the
+          final-norm hidden states [B, T, D] in place of the logits.
         """
         cfg = self.config
         B, T = tokens_BT.shape
@@ -165,8 +164,6 @@ class Decoder(nn.Module):
         head = embedding_VD if cfg.tie_embeddings else _param(
             self, "lm_head", ("embed", "vocab"), (cfg.embed_dim, cfg.vocab_size), pdt)
         logits_BTV = constrain(_logits(cfg, h_BTD, head), ("batch", "length", "vocab"), self.mesh)
-        if return_hidden:
-            return logits_BTV, new_cache, h_BTD
         return logits_BTV, new_cache
 
 

@@ -112,21 +112,16 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
     """Trains per `cfg`, resuming from OUT's last checkpoint; writes OUT/final when done."""
     from grm_jax.bench import forward_flops, matmul_peak_flops, peak_flops
     from grm_jax.data.pipeline import BatchStream
-    from grm_jax.loading import load_any, load_with_tokenizer
+    from grm_jax.loading import load_any
     from grm_jax.sampling import Temperature, generate
-    from grm_jax.sharding import batch_sharding, mesh_from_spec
+    from grm_jax.sharding import batch_sharding
     from grm_jax.train.checkpoint import save_model
     from grm_jax.train.checkpointing import RunCheckpointer, config_json
-    from grm_jax.train.loop import run_loop
+    from grm_jax.train.loop import open_run, run_loop
     from grm_jax.train.optim import make_optimizer
     from grm_jax.train.state import init_train_state, make_train_step
 
-    out = Path(cfg.out)
-    if (out / "final").exists():
-        raise FileExistsError(f"{out / 'final'} exists: this run is finished (choose another out)")
-    out.mkdir(parents=True, exist_ok=True)
-    mesh = mesh_from_spec(cfg.mesh)
-    model_cfg, params, tok_dir, tokenizer = load_with_tokenizer(cfg.model, mesh=mesh, progress=progress)
+    out, mesh, model_cfg, params, tok_dir, tokenizer = open_run(cfg.out, cfg.model, cfg.mesh, progress=progress)
     formatter = ChatFormatter(tokenizer, system_prompt=cfg.system_prompt)
     prompts = load_prompts(cfg, formatter, log=log)
     stop = formatter.stop_ids()
@@ -166,6 +161,7 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
         t2 = time.perf_counter()
         batch = build_batch([p.ids for p in batch_prompts], s, G, pad)
         batch["adv"] = np.asarray(group_advantages(jnp.asarray(rewards), G))
+        n_tokens = int((batch["positions"] >= 0).sum())
         batch = {k: put(v) for k, v in batch.items()}
         batch["ref_logp"] = ref_logp(ref_params, batch["tokens"], batch["positions"])
         jax.block_until_ready(batch["ref_logp"])
@@ -183,7 +179,7 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
             "accuracy": float((rewards > 0).mean()), "response_length": float(lengths.mean()),
             "stopped_fraction": float(s.stopped.mean()), "sampling_s": t1 - t0, "reward_s": t2 - t1,
             "reference_s": t3 - t2, "update_s": t4 - t3,
-            "tokens_per_s": float(int((np.asarray(batch["positions"]) >= 0).sum())) / (t4 - t0),
+            "tokens_per_s": n_tokens / (t4 - t0),
             "update_mfu": flops / (t4 - t3) / peak})
         return state, metrics
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import jax
+from tensorboardX import SummaryWriter
+from tqdm.auto import tqdm
 
 from grm_jax.train.checkpointing import RunCheckpointer, abstract_like
 
@@ -50,11 +52,11 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer: RunCheckpointer,
              run_config: dict, total_steps: int, save_every: int, run_dir: str | Path,
              data_state: Callable[[], dict], restore_data: Callable[[dict], None],
-             stop_after: int | None = None, progress: bool = True, log=print,
-             extra_metrics: Callable[[dict], dict] | None = None):
+             stop_after: int | None = None, progress: bool = True, log=print):
     """Trains until `total_steps` (or `stop_after` steps this call, or SIGTERM).
 
-    Returns (state, metrics history of this call, "done" | "stopped" | "preempted").
+    Returns (state, metrics history of this call, "done" | "stopped" (by `stop_after`) |
+    "preempted").
     """
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
@@ -65,37 +67,27 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
         restore_data(data)
         _trim_metrics(metrics_path, start)
         log(f"resumed from {checkpointer.directory / str(start)} (step {start} of {total_steps})")
-    history, pending, status = [], None, "done"
-    from tensorboardX import SummaryWriter
-
+    end = total_steps if stop_after is None else min(total_steps, start + stop_after)
+    history, pending, status = [], None, "done" if end == total_steps else "stopped"
     writer = SummaryWriter(str(run_dir / "tensorboard"))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total_steps, initial=start, desc="training", unit="step")
+    bar = tqdm(total=total_steps, initial=start, desc="training", unit="step", disable=not progress)
 
     def flush(item, t_next):
         step, metrics, t_dispatch = item
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         # From this step's dispatch to the next one's (or to now): the loop's period.
         values = {"step": step, **values, "step_s": round(t_next - t_dispatch, 4)}
-        if extra_metrics:
-            values.update(extra_metrics(values))
         history.append(values)
         with metrics_path.open("a") as f:
             f.write(json.dumps(values) + "\n")
         for key, value in values.items():
             if key != "step":
                 writer.add_scalar(key, value, step)
-        if bar:
-            bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
+        bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
 
     with _Preempted() as preempt:
         step = start
-        while step < total_steps:
-            if stop_after is not None and step - start >= stop_after:
-                status = "stopped"
-                break
+        while step < end:
             batch = next(batches)
             t0 = time.perf_counter()
             state, metrics = step_fn(state, batch)
@@ -103,11 +95,8 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
             if pending:
                 flush(pending, t0)
             pending = (step, metrics, t0)
-            if bar:
-                bar.update(1)
-            last = step == total_steps
-            if preempt.flag or last or step % save_every == 0 or (
-                    stop_after is not None and step - start >= stop_after):
+            bar.update(1)
+            if preempt.flag or step == end or step % save_every == 0:
                 checkpointer.save(step, state, data_state(), run_config, force=True)
             if preempt.flag:
                 status = "preempted"
@@ -117,6 +106,20 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
             flush(pending, time.perf_counter())
     checkpointer.wait()
     writer.close()
-    if bar:
-        bar.close()
+    bar.close()
     return state, history, status
+
+
+def open_run(out: str | Path, model: str, mesh_spec: str | None, *, progress: bool = True):
+    """(run dir, mesh, model config, params, tokenizer dir, tokenizer) for a training run that
+    has not finished (OUT/final must not exist)."""
+    from grm_jax.loading import load_with_tokenizer
+    from grm_jax.sharding import mesh_from_spec
+
+    out = Path(out)
+    if (out / "final").exists():
+        raise FileExistsError(f"{out / 'final'} exists: this run is finished (choose another out)")
+    out.mkdir(parents=True, exist_ok=True)
+    mesh = mesh_from_spec(mesh_spec)
+    model_cfg, params, tok_dir, tokenizer = load_with_tokenizer(model, mesh=mesh, progress=progress)
+    return out, mesh, model_cfg, params, tok_dir, tokenizer

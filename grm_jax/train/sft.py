@@ -61,20 +61,14 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
     import jax
     from grm_jax.data.chat import ChatFormatter
     from grm_jax.data.pipeline import BatchStream, read_sft
-    from grm_jax.loading import load_with_tokenizer
-    from grm_jax.sharding import batch_sharding, mesh_from_spec
+    from grm_jax.sharding import batch_sharding
     from grm_jax.train.checkpoint import save_model
     from grm_jax.train.checkpointing import RunCheckpointer, config_json
-    from grm_jax.train.loop import run_loop
+    from grm_jax.train.loop import open_run, run_loop
     from grm_jax.train.optim import make_optimizer
     from grm_jax.train.state import init_train_state, make_train_step
 
-    out = Path(cfg.out)
-    if (out / "final").exists():
-        raise FileExistsError(f"{out / 'final'} exists: this run is finished (choose another out)")
-    out.mkdir(parents=True, exist_ok=True)
-    mesh = mesh_from_spec(cfg.mesh)
-    model_cfg, params, tok_dir, tokenizer = load_with_tokenizer(cfg.model, mesh=mesh, progress=progress)
+    out, mesh, model_cfg, params, tok_dir, tokenizer = open_run(cfg.out, cfg.model, cfg.mesh, progress=progress)
     formatter = ChatFormatter(tokenizer, system_prompt=cfg.system_prompt,
                               use_template=None if cfg.chat_template else False)
     examples, bad, truncated = read_sft(cfg.data, formatter, min(cfg.max_length, model_cfg.max_position))
