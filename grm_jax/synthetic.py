@@ -86,29 +86,39 @@ def make_items(count: int, seed: int, cfg: TaskConfig = TaskConfig()) -> list[di
     return [make_item(rng, cfg, index=i) for i in range(count)]
 
 
+STYLES = ("multi", "single", "judge")
+
+
 def teacher_reply(item: dict, perm: Sequence[int], rng: random.Random, cfg: TaskConfig,
-                  single: bool = False) -> tuple[str, bool]:
-    """(a GRM reply for the responses shown in `perm` order, whether it was built on the true
-    result). With probability teacher_error the teacher miscomputes the result and judges the
-    responses against its wrong value."""
+                  style: str = "multi") -> tuple[str, bool]:
+    """(a reply for the responses shown in `perm` order, whether it was built on the true result).
+
+    With probability teacher_error the teacher miscomputes the result and judges the responses
+    against its wrong value. Styles: "multi" (GRM: criteria, analysis, scores 1..10), "single"
+    (one response scored 0/1), "judge" (LLM-as-judge: analysis, then the best response's number,
+    a random one when no response matches the believed result).
+    """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     a, op, b = item["parts"]
     truthful = rng.random() >= cfg.teacher_error
     believed = item["answer"] if truthful else wrong_answer(rng, item["answer"], (a, op, b))
-    lines, scores = [], []
+    lines, scores, matches = [], [], []
     for shown, original in enumerate(perm, 1):
         claimed = item["claims"][original]
         ok = claimed == believed
-        verdict = "correct" if ok else "incorrect"
-        lines.append(f"Response {shown} says {a} {op} {b} = {claimed}, which is {verdict}.")
-        if single:
+        lines.append(f"Response {shown} says {claimed}, {'right' if ok else 'wrong'}.")
+        matches.append(ok)
+        if style == "single":
             scores.append(1 if ok else 0)
         else:
             scores.append(rng.randint(8, 10) if ok else rng.randint(1, 3))
-    criteria = ("Specific Criteria: the result must be arithmetically correct (weight 0.8) and stated "
-                "clearly (weight 0.2).")
     analysis = f"Analysis: {a} {op} {b} = {believed}. " + " ".join(lines)
+    if style == "judge":
+        best = matches.index(True) + 1 if any(matches) else rng.randint(1, len(perm))
+        return f"{analysis}\nBest: \\boxed{{{best}}}", truthful
     box = "\\boxed{" + ", ".join(map(str, scores)) + "}"
-    return f"{criteria}\n{analysis}\nScores: {box}", truthful
+    return f"Specific Criteria: the result must be correct.\n{analysis}\nScores: {box}", truthful
 
 
 def qa_texts(items: Sequence[dict]) -> list[tuple[str, str]]:

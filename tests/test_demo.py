@@ -1,19 +1,68 @@
-"""The main job's library entry point, on one family."""
+"""`grm-jax demo` (the main job) at smoke-test size: every stage runs and the report is written.
+
+The fast config trains far too little for the method's claims to show; what is checked here is
+that the pipeline runs end to end, writes its table, plots and HF export, is deterministic
+where cheap to check, and refuses to overwrite a finished run.
+"""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from grm_jax.demo import run_demo
+from grm_jax.cli import main
+from grm_jax.config import load_config
+from grm_jax.demo import DemoConfig, run_demo
+from grm_jax.demo.data import corpus_rows, split_items
+from grm_jax.synthetic import TaskConfig
+
+FAST = Path(__file__).resolve().parents[1] / "configs" / "demo" / "fast.yaml"
+STAGES = ["data", "tokenizer and model", "pretrain", "rft", "grpo", "meta_rm", "eval", "baselines",
+          "endogenous", "export", "report"]
 
 
-def test_demo_round_trip_reports_and_refuses_to_overwrite(tmp_path):
-    summary = run_demo(tmp_path, families=("qwen2",))
-    assert summary["ok"]
-    written = json.loads((tmp_path / "round_trip.json").read_text())
-    assert written == summary
-    (row,) = written["families"]
-    assert row["tensors_bitwise_equal"] and row["max_abs_export_vs_hf"] == 0.0
-    assert row["max_abs_jax_vs_hf"] < 1e-4
-    with pytest.raises(FileExistsError, match="already exists"):
-        run_demo(tmp_path, families=("qwen2",))
+def test_fast_demo_runs_end_to_end_and_writes_the_report(tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(DemoConfig, FAST, [f"out={out}"])
+    results = run_demo(cfg, progress=False, log=lambda *a: None)
+    assert list(results["stages"]) == STAGES
+    written = json.loads((out / "results.json").read_text())
+    assert written["greedy"].keys() == {"pretrained", "rft", "grpo", "llm_as_judge"}
+    assert [r["k"] for r in written["voting"]] == [1, 2, 4] == [r["k"] for r in written["meta_voting"]]
+    for row in [*written["voting"], *written["meta_voting"], *written["greedy"].values()]:
+        assert 0.0 <= row["accuracy"] <= 1.0
+    assert written["export"]["max_abs_logits_diff"] < 1e-4 and written["export"]["tokenizer_round_trip"]
+    e = written["endogenous"]
+    assert 0 < e["chance"] < 1 and set(e["task_accuracy"]) == {"before", "after"}
+    table = (out / "results.md").read_text()
+    for needle in ("GRM pretrained (greedy)", "Voting@4", "MetaRM@4", "Scalar Bradley-Terry RM",
+                   "LLM-as-judge", "Endogenous reward", "max |logits diff|"):
+        assert needle in table
+    for name in ("scaling.png", "training.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "hf_export" / "config.json").is_file()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_demo(cfg, progress=False, log=lambda *a: None)
+
+
+def test_demo_data_is_deterministic_and_held_out():
+    task = TaskConfig(max_operand=5)
+    train, held = split_items(300, 40, seed=3, cfg=task)
+    assert (train, held) == split_items(300, 40, seed=3, cfg=task)
+    seen = {(it["prompt"], tuple(sorted(it["claims"]))) for it in train}
+    assert not any((it["prompt"], tuple(sorted(it["claims"]))) in seen for it in held)
+    kw = dict(seed=3, qa_repeats=1, qa_error=0.2, plus_one_repeats=1, grm_shuffles=1, judge_shuffles=1,
+              grm_template="grm_compact", judge_template="judge_compact")
+    rows = corpus_rows(train, task, **kw)
+    assert rows == corpus_rows(train, task, **kw)
+    assert len(rows) == 2 * 108 + 2 * len(train)
+    assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
+
+
+def test_demo_cli_help_and_bad_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--help"])
+    assert e.value.code == 0 and "embedded default" in capsys.readouterr().out
+    assert main(["demo", "--out", str(tmp_path / "x"), "k=3"]) == 2
+    assert "power of two" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "x"), "no_such_field=1"]) == 2

@@ -3,8 +3,9 @@
 import random
 
 import numpy as np
+import pytest
 
-from grm_jax.rewards.grm import MULTI, SINGLE
+from grm_jax.rewards.grm import JUDGE, MULTI, SINGLE
 from grm_jax.rewards.parse import parse_scores
 from grm_jax.rewards.voting import is_correct, unshuffle
 from grm_jax.synthetic import OPS, TaskConfig, make_item, make_items, teacher_reply
@@ -58,5 +59,17 @@ def test_teacher_replies_parse_and_are_right_at_the_set_rate():
 def test_single_format_teacher():
     rng = random.Random(5)
     it = make_item(rng, TaskConfig(teacher_error=0.0), n=1)
-    text, _ = teacher_reply(it, [0], rng, TaskConfig(teacher_error=0.0), single=True)
+    text, _ = teacher_reply(it, [0], rng, TaskConfig(teacher_error=0.0), style="single")
     assert parse_scores(text, 1, SINGLE.low, SINGLE.high).scores == (it["rewards"][0],)
+
+
+def test_judge_format_teacher_names_the_response_its_result_matches():
+    cfg = TaskConfig(teacher_error=0.0)
+    rng = random.Random(7)
+    for k, it in enumerate(make_items(50, seed=7, cfg=cfg)):
+        perm = np.random.default_rng(k).permutation(len(it["responses"]))
+        text, truthful = teacher_reply(it, perm, rng, cfg, style="judge")
+        (best,) = parse_scores(text, 1, 1, len(perm), marker=JUDGE.marker).scores
+        assert truthful and it["rewards"][perm[best - 1]] == 1
+    with pytest.raises(ValueError, match="style"):
+        teacher_reply(it, perm, rng, cfg, style="pairwise")

@@ -28,11 +28,13 @@ SAMPLE_TEXTS = (
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, *,
-                        chat_template: str | None = CHATML_TEMPLATE):
+                        chat_template: str | None = CHATML_TEMPLATE, across_words: bool = False):
     """A byte-level BPE tokenizer (transformers fast tokenizer) trained on `texts`.
 
     Ids 0..4 are <pad>, <bos>, <eos>, <|im_start|>, <|im_end|>. Byte-level, so any text encodes;
-    `vocab_size` must leave room for the 256 byte symbols and the specials.
+    `vocab_size` must leave room for the 256 byte symbols and the specials. `across_words` lets
+    merges span spaces and punctuation (no pre-split into words; digits stay one token each), so
+    text that recurs verbatim, like a prompt template, becomes a few tokens.
     """
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -41,7 +43,10 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, *,
         raise ValueError(f"vocab_size {vocab_size} is below the {256 + len(SPECIAL_TOKENS)} byte and "
                          "special symbols")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not across_words)
+    # Across words, digits still stay single tokens, so numbers read the same everywhere.
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if across_words else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

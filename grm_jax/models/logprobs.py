@@ -13,13 +13,14 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from grm_jax.models.config import ModelConfig
-from grm_jax.models.decoder import Decoder, lm_head_logits
+from grm_jax.models.decoder import Decoder, lm_head_logits, unstack_layers
 from grm_jax.sharding import constrain
 
 
 def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, positions_BT: jax.Array, *,
                      alpha: float = 1.0, chunk: int = 512, mesh: Mesh | None = None,
-                     starts_B: jax.Array | None = None, window: int | None = None):
+                     starts_B: jax.Array | None = None, window: int | None = None,
+                     unrolled: bool = False):
     """Per-position target logit and soft value.
 
     Args:
@@ -32,6 +33,9 @@ def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, position
       starts_B, window: if given, only the `window` positions from starts_B - 1 of each row are
         scored (the positions that predict tokens starts_B .. starts_B + window - 1): the LM head
         then never runs over the prompt.
+      unrolled: run the layers as a Python loop over slices of the stacked params rather than a
+        scan (faster forward and backward on CPU for small models; gradients still flow to the
+        stacked params).
 
     Returns:
       (q, v) float32, [B, T] (or [B, window] with starts_B). Without a window,
@@ -40,7 +44,11 @@ def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, position
       position p = starts_B - 1 + j (clipped to the row): q[j] is the logit of token p + 1.
     """
     B, T = tokens_BT.shape
-    h_BTD, _ = Decoder(config, mesh).apply({"params": params}, tokens_BT, positions_BT, hidden_only=True)
+    if unrolled:
+        h_BTD, _ = Decoder(config, mesh, unrolled=True).apply(
+            {"params": unstack_layers(params)}, tokens_BT, positions_BT, hidden_only=True)
+    else:
+        h_BTD, _ = Decoder(config, mesh).apply({"params": params}, tokens_BT, positions_BT, hidden_only=True)
     next_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros_like(tokens_BT[:, :1])], axis=1)
     last = None
     if starts_B is not None:
@@ -75,8 +83,9 @@ def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, position
 
 
 def token_logprobs(params, config: ModelConfig, tokens_BT, positions_BT, *, chunk: int = 512,
-                   mesh: Mesh | None = None) -> jax.Array:
+                   mesh: Mesh | None = None, unrolled: bool = False) -> jax.Array:
     """log π(tokens[t] | tokens[:t]) aligned to the token it scores: [B, T], 0 at t = 0."""
-    q_BT, v_BT = next_token_stats(params, config, tokens_BT, positions_BT, chunk=chunk, mesh=mesh)
+    q_BT, v_BT = next_token_stats(params, config, tokens_BT, positions_BT, chunk=chunk, mesh=mesh,
+                                  unrolled=unrolled)
     logp_BT = q_BT - v_BT
     return jnp.concatenate([jnp.zeros_like(logp_BT[:, :1]), logp_BT[:, :-1]], axis=1)

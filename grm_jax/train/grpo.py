@@ -41,13 +41,14 @@ class GRPOConfig:
     reward_model: Optional[str] = None   # endogenous: the frozen model (default: the initial policy)
     reward_target: int = 0               # token_rate: response tokens with ids below this are rewarded
     grm_format: str = "multi"            # grm: multi | single | judge
+    grm_template: Optional[str] = None   # grm: a template replacing the format's default
     steps: int = 100
     prompts_per_step: int = 8
     group_size: int = 4                  # G
     max_new_tokens: int = 256
     max_prompt_length: int = 1024
     temperature: float = 1.0
-    unroll_layers: bool = False          # sampler: True copies the layer weights per step (faster on CPU)
+    unroll_layers: bool = False          # layers as a Python loop in sampler and update (faster on CPU)
     inner_iters: int = 1
     eps: float = 0.2
     eps_high: Optional[float] = None
@@ -76,7 +77,8 @@ class GRPOConfig:
 def grpo_loss_fn(config: ModelConfig, cfg: GRPOConfig, mesh: Mesh | None = None):
     """loss(params, microbatch, norm) with norm = {"seqs", "tokens"} of the whole batch."""
     def loss(params, mb, norm):
-        logp_BT = token_logprobs(params, config, mb["tokens"], mb["positions"], chunk=cfg.chunk, mesh=mesh)
+        logp_BT = token_logprobs(params, config, mb["tokens"], mb["positions"], chunk=cfg.chunk, mesh=mesh,
+                                 unrolled=cfg.unroll_layers)
         mask = mb["mask"].astype(jnp.float32)
         objective, clipped = clipped_surrogate(logp_BT, mb["old_logp"], mb["adv"], cfg.eps, cfg.eps_high)
         kl_BT = kl_estimate(logp_BT, mb["ref_logp"], cfg.kl)

@@ -36,7 +36,7 @@ def load_prompts(cfg: GRPOConfig, formatter: ChatFormatter, log=print) -> list[R
         from grm_jax.rewards.grm import load_template, render
 
         fmt = FORMATS[cfg.grm_format]
-        template = load_template(fmt.template)
+        template = load_template(cfg.grm_template or fmt.template)
         items, bad, _ = read_items(cfg.data)
         for k, item in enumerate(items):
             if item.rewards is None:
@@ -139,7 +139,8 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
     state = init_train_state(params, optimizer, cfg.seed)
     update = make_train_step(grpo_loss_fn(model_cfg, cfg, mesh), grpo_normalizer, optimizer,
                              grad_accum=cfg.optim.grad_accum)
-    ref_logp = jax.jit(lambda p, t, pos: token_logprobs(p, model_cfg, t, pos, chunk=cfg.chunk, mesh=mesh))
+    ref_logp = jax.jit(lambda p, t, pos: token_logprobs(p, model_cfg, t, pos, chunk=cfg.chunk, mesh=mesh,
+                                                        unrolled=cfg.unroll_layers))
     peak = peak_flops(jax.devices()[0]) or matmul_peak_flops()
     stream = BatchStream(list(range(len(prompts))), cfg.prompts_per_step, seed=cfg.seed,
                          collate_fn=np.asarray, process_index=jax.process_index(),

@@ -77,3 +77,22 @@ def load_value_head(directory: str | Path) -> dict:
         raise FileNotFoundError(f"{directory}: no {HEAD_FILE}; not a scalar reward model checkpoint")
     with np.load(path) as f:
         return {"kernel": jnp.asarray(f["kernel"], jnp.float32), "bias": jnp.asarray(f["bias"], jnp.float32)}
+
+
+def fit(decoder_params, config: ModelConfig, batches, *, loss: str, steps: int, optimizer,
+        seed: int = 0, mesh: Mesh | None = None, progress: bool = True, desc: str = "scalar RM"):
+    """Trains decoder + a fresh value head for `steps` batches of `batches` (an iterator of
+    numpy batches as `make_train_step` takes). Returns ({"decoder", "head"} params, per-step
+    metrics)."""
+    from tqdm.auto import tqdm
+
+    from grm_jax.models.value_head import init_value_head
+
+    head = init_value_head(config, jax.random.key(seed))
+    state = init_state(jax.tree.map(jnp.copy, decoder_params), head, optimizer)
+    step = make_train_step(config, optimizer, loss, mesh)
+    history = []
+    for _ in tqdm(range(steps), desc=desc, unit="step", disable=not progress):
+        state, m = step(state, next(batches))
+        history.append({k: float(v) for k, v in jax.device_get(m).items()})
+    return state.params, history

@@ -20,10 +20,11 @@ from grm_jax.models.logprobs import token_logprobs
 from grm_jax.train.optim import OptimConfig
 
 
-def sft_loss_fn(config: ModelConfig, *, chunk: int = 512, mesh: Mesh | None = None):
+def sft_loss_fn(config: ModelConfig, *, chunk: int = 512, mesh: Mesh | None = None, unrolled: bool = False):
     """loss(params, microbatch, n_tokens) -> (Σ NLL / n_tokens, {"tokens", "nll_sum"})."""
     def loss(params, mb, n_tokens):
-        logp_BT = token_logprobs(params, config, mb["tokens"], mb["positions"], chunk=chunk, mesh=mesh)
+        logp_BT = token_logprobs(params, config, mb["tokens"], mb["positions"], chunk=chunk, mesh=mesh,
+                                 unrolled=unrolled)
         mask_BT = mb["loss_mask"].astype(jnp.float32)
         nll = -(logp_BT * mask_BT).sum()
         return nll / n_tokens, {"tokens": mask_BT.sum(), "nll_sum": nll}
@@ -51,6 +52,7 @@ class SFTConfig:
     chunk: int = 512
     system_prompt: Optional[str] = None
     chat_template: bool = True
+    unroll_layers: bool = False     # layers as a Python loop, not a scan (faster on CPU for small models)
     mesh: Optional[str] = None
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
 
@@ -78,7 +80,8 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
                          process_index=jax.process_index(), process_count=jax.process_count())
     optimizer = make_optimizer(dataclasses.replace(cfg.optim, total_steps=cfg.steps))  # schedule spans the run
     state = init_train_state(params, optimizer, cfg.seed)
-    step_fn = make_train_step(sft_loss_fn(model_cfg, chunk=cfg.chunk, mesh=mesh), sft_normalizer, optimizer,
+    step_fn = make_train_step(sft_loss_fn(model_cfg, chunk=cfg.chunk, mesh=mesh, unrolled=cfg.unroll_layers),
+                              sft_normalizer, optimizer,
                               grad_accum=cfg.optim.grad_accum)
 
     def batches():

@@ -1,10 +1,8 @@
-"""The foundation demo: a Hugging Face round trip for every supported family.
+"""`grm-jax roundtrip`: a Hugging Face round trip for every supported family.
 
 For each family: build a tiny random model with transformers, import it into a grm-jax
 checkpoint, export that back to an HF directory, reload it with transformers, and compare
 tensors and logits on a left-padded batch. Prints a table and writes it as JSON.
-
-(This is the main job until the embedded-default demo of the whole method exists.)
 """
 
 from __future__ import annotations
@@ -62,14 +60,14 @@ def round_trip(family: str, workdir: Path) -> dict:
     }
 
 
-def run_demo(out_dir: str | Path | None = None, families=tuple(TINY)) -> dict:
-    """Runs the round trip for `families`; results go to out_dir (default: a new runs/demo-TIME).
+def run_round_trip(out_dir: str | Path | None = None, families=tuple(TINY)) -> dict:
+    """Runs the round trip for `families`; results go to out_dir (default: a new runs/roundtrip-TIME).
 
     Returns the summary written to round_trip.json; its "ok" is True when every family's tensors
     came back bitwise equal, its logits were within 1e-4 of transformers, and the exported
     model's logits were identical to the original's.
     """
-    out_dir = out_dir or time.strftime("runs/demo-%Y%m%d-%H%M%S")
+    out_dir = out_dir or time.strftime("runs/roundtrip-%Y%m%d-%H%M%S")
     out_dir = Path(out_dir)
     if (out_dir / "round_trip.json").exists():
         raise FileExistsError(f"{out_dir / 'round_trip.json'} already exists; choose another --out")

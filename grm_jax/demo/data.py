@@ -1,0 +1,104 @@
+"""The embedded default's data: items, the pretraining corpus and the tokenizer's texts.
+
+Everything is drawn from the synthetic arithmetic judging task (`grm_jax.synthetic`),
+deterministically from the seed:
+- train items: the pretraining corpus's teacher trajectories, RFT, GRPO and the baselines;
+- held-out items: never shown to any model as an item (same query and response set), used only
+  for evaluation;
+- the corpus: plain question/answer rows from an imperfect demonstrator (wrong `qa_error` of the
+  time), the same questions under a system prompt asking for the result plus one, and teacher
+  GRM and LLM-as-judge trajectories for the train items.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from grm_jax.rewards.grm import load_template, render
+from grm_jax.synthetic import OPS, TaskConfig, make_item, response_text, teacher_reply, wrong_answer
+
+# The system prompt of the prompt-conditioning experiment (PAPERS.md part B, "prompt conditioning").
+PLUS_ONE = "Add one to every answer."
+
+
+def all_queries(cfg: TaskConfig) -> list[tuple[int, str, int]]:
+    return [(a, op, b) for a in range(cfg.max_operand + 1) for op in cfg.ops for b in range(cfg.max_operand + 1)]
+
+
+def query_text(parts) -> str:
+    a, op, b = parts
+    return f"What is {a} {op} {b}?"
+
+
+def answer_of(parts) -> int:
+    a, op, b = parts
+    return OPS[op](a, b)
+
+
+def _key(item: dict) -> tuple:
+    return item["prompt"], tuple(sorted(item["claims"]))
+
+
+def split_items(n_train: int, n_eval: int, seed: int, cfg: TaskConfig) -> tuple[list[dict], list[dict]]:
+    """(train items, held-out items); a held-out item never equals a train item (same query
+    and same set of responses)."""
+    rng = random.Random(seed)
+    train = [make_item(rng, cfg, index=i) for i in range(n_train)]
+    seen = {_key(it) for it in train}
+    held, i = [], 0
+    while len(held) < n_eval:
+        it = make_item(rng, cfg, index=n_train + i)
+        i += 1
+        if _key(it) not in seen:
+            seen.add(_key(it))
+            held.append(it)
+    return train, held
+
+
+def grm_item_row(item: dict) -> dict:
+    """The item as a GRM-items JSONL row (`grm_jax.data.grm_items` layout "grm")."""
+    return {"id": item["id"], "prompt": item["prompt"], "responses": item["responses"],
+            "rewards": item["rewards"], "subset": item["subset"]}
+
+
+def qa_reply(rng: random.Random, parts, error: float, plus: int = 0) -> str:
+    """The demonstrator's answer: right (plus `plus`) except `error` of the time."""
+    answer = answer_of(parts) + plus
+    claimed = answer if rng.random() >= error else wrong_answer(rng, answer, parts)
+    return response_text(parts, claimed)
+
+
+def corpus_rows(train: list[dict], cfg: TaskConfig, *, seed: int, qa_repeats: int, qa_error: float,
+                plus_one_repeats: int, grm_shuffles: int, judge_shuffles: int,
+                grm_template: str, judge_template: str) -> list[dict]:
+    """SFT rows ({"messages": [...]}) of the pretraining corpus, shuffled."""
+    rng = random.Random(seed + 1)
+    rows = []
+    for parts in all_queries(cfg):
+        q = query_text(parts)
+        for _ in range(qa_repeats):
+            rows.append({"messages": [{"role": "user", "content": q},
+                                      {"role": "assistant", "content": qa_reply(rng, parts, qa_error)}]})
+        for _ in range(plus_one_repeats):
+            rows.append({"messages": [{"role": "system", "content": PLUS_ONE}, {"role": "user", "content": q},
+                                      {"role": "assistant", "content": qa_reply(rng, parts, qa_error, plus=1)}]})
+    grm, judge = load_template(grm_template), load_template(judge_template)
+    for it in train:
+        for style, template, count in (("multi", grm, grm_shuffles), ("judge", judge, judge_shuffles)):
+            for _ in range(count):
+                perm = np.random.default_rng(rng.randrange(1 << 30)).permutation(len(it["responses"]))
+                prompt = render(template, it["prompt"], [it["responses"][p] for p in perm])
+                reply, _ = teacher_reply(it, perm, rng, cfg, style=style)
+                rows.append({"messages": [{"role": "user", "content": prompt},
+                                          {"role": "assistant", "content": reply}]})
+    rng.shuffle(rows)
+    return rows
+
+
+def tokenizer_texts(rows: list[dict], meta_template: str) -> list[str]:
+    """Texts to train the BPE tokenizer on: the corpus, and the meta RM's template text."""
+    texts = [m["content"] for r in rows for m in r["messages"]]
+    texts.append(load_template(meta_template).render(grm_prompt="", judgment=""))
+    return texts
