@@ -316,8 +316,6 @@ class Demo:
     def meta_rm(self, grm: Path):
         """Trains the meta RM on the non-hinted RFT samples and meta_samples per item of the trained
         GRM; returns a MetaRM."""
-        import jax
-
         from grm_jax.data.chat import ChatFormatter, Encoded
         from grm_jax.eval.judge import MetaRM
         from grm_jax.loading import load_with_tokenizer
