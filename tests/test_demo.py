@@ -14,6 +14,7 @@ from grm_jax.cli import main
 from grm_jax.config import load_config
 from grm_jax.demo import DemoConfig, run_demo
 from grm_jax.demo.data import corpus_rows, split_items
+from grm_jax.demo.report import mean_table
 from grm_jax.synthetic import TaskConfig
 
 FAST = Path(__file__).resolve().parents[1] / "configs" / "demo" / "fast.yaml"
@@ -41,6 +42,9 @@ def test_fast_demo_runs_end_to_end_and_writes_the_report(tmp_path):
     for name in ("scaling.png", "training.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert (out / "hf_export" / "config.json").is_file()
+    means = mean_table([written, written])
+    pre = written["greedy"]["pretrained"]["accuracy"]
+    assert f"| GRM pretrained (greedy) | {100 * pre:.1f} | {100 * pre:.1f} | {100 * pre:.1f} |" in means
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_demo(cfg, progress=False, log=lambda *a: None)
 

@@ -126,3 +126,56 @@ def write_report(demo) -> str:
     atomic_write_text(demo.out / "results.md", "# grm-jax demo results\n\n" + text + "\n")
     atomic_write_text(demo.out / "results.json", json.dumps(demo.results, indent=2) + "\n")
     return text
+
+
+def _rows(r: dict) -> dict:
+    """The headline figures of one run, by name."""
+    g = r.get("greedy", {})
+    vote = {x["k"]: x["accuracy"] for x in r.get("voting", [])}
+    meta = {x["k"]: x["accuracy"] for x in r.get("meta_voting", [])}
+    e = r.get("endogenous", {})
+    out = {"LLM-as-judge (greedy)": g.get("llm_as_judge", {}).get("accuracy"),
+           "Scalar Bradley-Terry RM": r.get("scalar_rm", {}).get("accuracy"),
+           "GRM pretrained (greedy)": g.get("pretrained", {}).get("accuracy"),
+           "GRM + RFT (greedy)": g.get("rft", {}).get("accuracy"),
+           "GRM + RFT + GRPO (greedy)": g.get("grpo", {}).get("accuracy")}
+    for k in sorted(vote):
+        out[f"Voting@{k}"] = vote[k]
+    for k in sorted(meta):
+        out[f"MetaRM@{k}"] = meta[k]
+    if e:
+        out["Endogenous reward: picks the right response"] = e["accuracy"]
+        out["Endogenous reward: chance"] = e["chance"]
+        for name, v in e["prefers_plus_one"].items():
+            out[f"Endogenous reward prefers 'result + 1', {name}"] = v
+        t = e.get("task_accuracy", {})
+        for when in ("before", "after"):
+            if when in t:
+                out[f"Task accuracy {when} RL on own endogenous reward (T=1 samples)"] = t[when]["sampled"]
+                out[f"Task accuracy {when} RL on own endogenous reward (greedy)"] = t[when]["greedy"]
+    return out
+
+
+def mean_table(runs: list[dict]) -> str:
+    """Markdown: each headline figure averaged over runs (seeds), with the per-run values."""
+    per = [_rows(r) for r in runs]
+    seeds = [r.get("config", {}).get("seed") for r in runs]
+    lines = [f"| Held-out accuracy % (mean of {len(runs)} seeds) | mean | " +
+             " | ".join(f"seed {s}" for s in seeds) + " |", "|---|---:|" + "---:|" * len(runs)]
+    for name in per[0]:
+        vals = [p.get(name) for p in per]
+        if any(v is None for v in vals):
+            continue
+        lines.append(f"| {name} | {_pct(float(np.mean(vals)))} | " + " | ".join(_pct(v) for v in vals) + " |")
+    secs = [r.get("seconds") for r in runs]
+    if all(secs):
+        lines.append(f"| wall time (s) | {np.mean(secs):.0f} | " + " | ".join(f"{s:.0f}" for s in secs) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m grm_jax.demo.report RUN_DIR [RUN_DIR ...]
+    import sys
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m grm_jax.demo.report RUN_DIR [RUN_DIR ...]  (runs of grm-jax demo)")
+    print(mean_table([json.loads((Path(d) / "results.json").read_text()) for d in sys.argv[1:]]))
