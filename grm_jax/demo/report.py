@@ -62,6 +62,16 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _save_png(fig, path: Path) -> None:
+    """Writes the figure to a temporary file, then renames it into place."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.parent / f".{path.name}.tmp.png"
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def _training_plot(demo, path: Path) -> None:
     import matplotlib
 
@@ -84,10 +94,7 @@ def _training_plot(demo, path: Path) -> None:
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.parent / f".{path.name}.tmp.png"
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    _save_png(fig, path)
 
 
 def _scaling_plot(results: dict, path: Path) -> None:
@@ -113,10 +120,7 @@ def _scaling_plot(results: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.parent / f".{path.name}.tmp.png"
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    _save_png(fig, path)
 
 
 def write_report(demo) -> str:

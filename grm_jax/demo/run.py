@@ -17,6 +17,7 @@ Stages (each writes into the run folder; numbers are measured on held-out items)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -124,20 +125,14 @@ class Demo:
         self.results: dict = {"config": dataclasses.asdict(cfg), "stages": {}}
         self.t0 = time.perf_counter()
 
+    @contextlib.contextmanager
     def stage(self, name: str):
-        demo = self
-
-        class _Timer:
-            def __enter__(self):
-                self.t = time.perf_counter()
-                demo.log(f"\n== {name} ==")
-
-            def __exit__(self, *exc):
-                if exc[0] is None:
-                    seconds = round(time.perf_counter() - self.t, 1)
-                    demo.results["stages"][name] = seconds
-                    demo.log(f"   {name}: {seconds} s (total {time.perf_counter() - demo.t0:.0f} s)")
-        return _Timer()
+        """Logs the stage's start and records its seconds in results["stages"]."""
+        t = time.perf_counter()
+        self.log(f"\n== {name} ==")
+        yield
+        self.results["stages"][name] = round(time.perf_counter() - t, 1)
+        self.log(f"   {name}: {self.results['stages'][name]} s (total {time.perf_counter() - self.t0:.0f} s)")
 
     # -- data, tokenizer, model ------------------------------------------------------------
 
