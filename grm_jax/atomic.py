@@ -14,15 +14,27 @@ def atomic_directory(out: str | Path, *, overwrite: bool = False):
 
     An existing `out` is refused unless `overwrite`; when replaced, it is moved aside first and
     deleted only after the new one is in place. On any error the temporary directory is removed
-    and `out` is left as it was.
+    and `out` is left as it was. In a multi-host run every process must enter it (on a file
+    system they share): they get the same temporary directory, and process 0 alone creates and
+    renames it, after all have finished writing.
     """
+    from grm_jax import distributed
+
     out = Path(out).absolute()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = out.parent / f".{out.name}.tmp-{distributed.same_on_all(uuid.uuid4().hex[:8])}"
+    if not distributed.is_main():
+        distributed.barrier(f"mkdir {tmp}")
+        yield tmp
+        distributed.barrier(f"written {tmp}")
+        distributed.barrier(f"renamed {tmp}")
+        return
     tmp.mkdir(parents=True)
+    distributed.barrier(f"mkdir {tmp}")
     try:
         yield tmp
+        distributed.barrier(f"written {tmp}")
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(old)
@@ -30,6 +42,7 @@ def atomic_directory(out: str | Path, *, overwrite: bool = False):
             shutil.rmtree(old)
         else:
             tmp.rename(out)
+        distributed.barrier(f"renamed {tmp}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

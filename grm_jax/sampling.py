@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from grm_jax import distributed
 from grm_jax.models.config import ModelConfig
 from grm_jax.models.decoder import (CACHE_LOGICAL_NAMES, Decoder, init_cache, lm_head_logits,
                                     positions_from_mask, unstack_layers)
@@ -155,10 +156,6 @@ def bucket(n: int, minimum: int = 16, step: int = 128) -> int:
     return -(-n // step) * step
 
 
-def _batch_multiple(mesh: Mesh | None) -> int:
-    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-
-
 @functools.lru_cache(maxsize=64)
 def _compiled(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_new: int,
               num_samples: int, stop: tuple[int, ...], pad_id: int, unroll: bool):
@@ -220,7 +217,9 @@ def _compiled(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_ne
 
         state = (jnp.ones((), jnp.int32), token_R, cache, new_done, length_R, stopped_R, out, rng)
         _, _, _, _, length_R, stopped_R, (tokens_RN, logp_RN), _ = jax.lax.while_loop(cond, body, state)
-        return tokens_RN, length_R, logp_RN, stopped_R
+        # Rows stay split over the batch axes, so each process can read back its own rows.
+        return (constrain(tokens_RN, ("batch", None), mesh), constrain(length_R, ("batch",), mesh),
+                constrain(logp_RN, ("batch", None), mesh), constrain(stopped_R, ("batch",), mesh))
 
     return jax.jit(run)
 
@@ -235,12 +234,16 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *,
     Args:
       params: decoder params (sharded over `mesh` if one is given).
       config: the model's config.
-      prompts: token ids per prompt (no padding), each non-empty.
+      prompts: token ids per prompt (no padding), each non-empty. In a multi-host run, this
+        process's prompts: every process calls `generate` with the same number of prompts, the
+        global batch is their concatenation in process order, and each gets its own rows back.
       strategy: Greedy(), Temperature(t), TopK(k, t) or TopP(p, t).
       max_new_tokens: tokens to generate at most per row.
       stop_tokens: ids that end a row (the stop token is kept and counted in its length).
       num_samples: continuations per prompt; they share the prompt's prefill.
-      seed: the sampling seed; the same seed, prompts and buckets give the same samples.
+      seed: the sampling seed; the same seed, prompts and buckets give the same samples (a
+        multi-host run equals a single-host one on the same global batch when each process's
+        block needs no padding rows).
       pad_id: id written after a row ends (default: the config's pad id, else 0).
       mesh: device mesh; the batch is sharded over its data and fsdp axes.
       bucket_prompts: round prompt length and batch size up to buckets (fewer compilations).
@@ -257,10 +260,13 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *,
     lengths = [len(p) for p in prompts]
     if min(lengths) == 0:
         raise ValueError(f"prompt {lengths.index(0)} is empty")
-    longest = max(lengths)
-    T = bucket(longest) if bucket_prompts else longest
     B = len(prompts)
-    multiple = _batch_multiple(mesh)
+    counts = distributed.allgather([B, max(lengths)])  # [processes, 2]
+    if (counts[:, 0] != B).any():
+        raise ValueError(f"every process must sample from the same number of prompts; got {counts[:, 0].tolist()}")
+    longest = int(counts[:, 1].max())
+    T = bucket(longest) if bucket_prompts else longest
+    multiple = distributed.local_batch_multiple(mesh)
     B_pad = bucket(B, minimum=1) if bucket_prompts else B
     B_pad = -(-B_pad // multiple) * multiple
     if T + max_new_tokens > config.max_position:
@@ -274,10 +280,11 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *,
         tokens[i, T - len(p):] = p
         mask[i, T - len(p):] = 1
     if mesh is not None:
-        tokens = jax.device_put(tokens, batch_sharding(mesh, tokens.shape))
-        mask = jax.device_put(mask, batch_sharding(mesh, mask.shape))
+        shape = (B_pad * jax.process_count(), T)
+        tokens = distributed.to_global(tokens, batch_sharding(mesh, shape))
+        mask = distributed.to_global(mask, batch_sharding(mesh, shape))
     fn = _compiled(config, mesh, strategy, int(max_new_tokens), int(num_samples),
                    tuple(int(s) for s in stop_tokens), int(pad), bool(unroll_layers))
-    out = jax.device_get(fn(params, tokens, mask, jax.random.key(seed)))
+    out = fn(params, tokens, mask, jax.random.key(seed))
     R = B * num_samples
-    return Samples(*(np.asarray(a)[:R] for a in out))
+    return Samples(*(distributed.to_local(a)[:R] for a in out))

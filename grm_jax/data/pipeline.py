@@ -10,7 +10,7 @@ response) or {"prompt": ..., "response": ...}. The loss covers the response toke
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -34,13 +34,19 @@ def _sft_pair(row: dict):
     return row["prompt"], row["response"]
 
 
-def read_sft(path: str | Path, formatter: ChatFormatter, max_length: int):
-    """(encoded examples, {row: message} for bad rows, number truncated)."""
+def read_sft(path: str | Path, formatter: ChatFormatter, max_length: int, *,
+             select: Callable[[int], bool] | None = None):
+    """([(row, encoded example)], {row: message} for bad rows, number truncated).
+
+    Only rows for which `select(row)` holds are validated and tokenized (a process's shards).
+    """
     rows = read_rows(path)
     if not rows:
         raise DataError(f"{path}: no rows")
     examples, bad, truncated = [], {}, 0
     for i, row in enumerate(rows, 1):
+        if select is not None and not select(i):
+            continue
         try:
             prompt, response = _sft_pair(row)
             e = formatter.encode(prompt, response, max_length)
@@ -48,7 +54,7 @@ def read_sft(path: str | Path, formatter: ChatFormatter, max_length: int):
             bad[i] = f"{path}: row {i}: {err}"
             continue
         truncated += e.truncated
-        examples.append(e)
+        examples.append((i, e))
     return examples, bad, truncated
 
 
@@ -97,3 +103,62 @@ class BatchStream:
 
     def restore(self, state: dict) -> None:
         self._iter.set_state(state)
+
+
+def shard_of(row: int, num_shards: int) -> int:
+    """The data shard of a (1-based) row number."""
+    return (row - 1) % num_shards
+
+
+def pad_length(batch: dict, length: int, pad_id: int = 0) -> dict:
+    """A collated batch right-padded to `length` positions (padding: pad id, position -1, 0)."""
+    extra = length - batch["tokens"].shape[1]
+    if extra < 0:
+        raise ValueError(f"batch of length {batch['tokens'].shape[1]} is longer than {length}")
+    fill = {"tokens": pad_id, "positions": -1}
+    return {k: np.pad(v, ((0, 0), (0, extra)), constant_values=fill.get(k, 0)) for k, v in batch.items()}
+
+
+class ShardedStream:
+    """Lockstep batches drawn from `num_shards` data shards, of which this process owns some.
+
+    Shard s holds the rows with (row - 1) mod num_shards == s. Each step takes
+    batch_size / num_shards items from every shard, each shard through its own per-epoch-shuffled
+    grain pipeline (seed + s); the global batch is the concatenation in shard order and a process
+    gets the draws of the shards it owns (a contiguous block, `distributed.owned_shards`). So the
+    batches depend on num_shards, not on the number of processes sharing them: a one-process run
+    with num_shards = 2 sees exactly the global batches of a two-process run. With one shard it is
+    BatchStream over all items.
+
+    `shards` maps each owned shard to its items; `collate_fn` turns this process's items into
+    arrays. All shards advance together, so one iterator state (saved by process 0) restores all.
+    """
+
+    def __init__(self, shards: dict[int, Sequence], batch_size: int, num_shards: int, *,
+                 seed: int = 0, collate_fn: Callable = list):
+        if batch_size % num_shards:
+            raise DataError(f"a batch of {batch_size} does not split over {num_shards} data shards")
+        per = batch_size // num_shards
+        self._collate = collate_fn
+        self._streams = []
+        for s in sorted(shards):
+            if len(shards[s]) < per:
+                raise DataError(f"data shard {s} of {num_shards} has {len(shards[s])} usable examples, "
+                                f"fewer than its {per} per batch")
+            self._streams.append(BatchStream(shards[s], per, seed=seed + s, collate_fn=list))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._collate([x for stream in self._streams for x in next(stream)])
+
+    def state(self) -> dict:
+        states = [stream.state() for stream in self._streams]
+        if any(st != states[0] for st in states):
+            raise RuntimeError(f"data shards out of step: {states}")
+        return states[0]
+
+    def restore(self, state: dict) -> None:
+        for stream in self._streams:
+            stream.restore(state)

@@ -60,7 +60,7 @@ def export_hf(params, cfg: ModelConfig, out_dir: str | Path, *, dtype: str | Non
     np_dtype = np.dtype(dtype_of(dtype))
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         _write_model(params, cfg.replace(param_dtype=dtype), tmp, np_dtype, parse_size(shard_size), progress)
-        if tokenizer_from is not None:
+        if tokenizer_from is not None and jax.process_index() == 0:
             for name in TOKENIZER_FILES:
                 src = Path(tokenizer_from) / name
                 if src.is_file():
@@ -69,6 +69,15 @@ def export_hf(params, cfg: ModelConfig, out_dir: str | Path, *, dtype: str | Non
 
 
 def _write_model(params, cfg: ModelConfig, directory: Path, np_dtype, shard_size: int, progress):
+    """Writes the model files. Every process runs it (gathering a tensor sharded across hosts is a
+    collective); only process 0 writes."""
+    main = jax.process_index() == 0
+    if main:
+        _write_configs(cfg, directory)
+    _write_tensors(params, cfg, directory if main else None, np_dtype, shard_size, progress and main)
+
+
+def _write_configs(cfg: ModelConfig, directory: Path):
     (directory / "config.json").write_text(json.dumps(to_hf_config(cfg), indent=2) + "\n")
     generation = {k: v for k, v in (("bos_token_id", cfg.bos_token_id),
                                     ("eos_token_id", cfg.eos_token_id),
@@ -77,6 +86,8 @@ def _write_model(params, cfg: ModelConfig, directory: Path, np_dtype, shard_size
         generation["eos_token_id"] = list(generation["eos_token_id"])
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
+
+def _write_tensors(params, cfg: ModelConfig, directory: Path | None, np_dtype, shard_size: int, progress):
     table = expand(key_table(cfg), cfg.num_layers)
     entries, getters = [], {}
     for name, (rule, layer) in table.items():
@@ -89,8 +100,7 @@ def _write_model(params, cfg: ModelConfig, directory: Path, np_dtype, shard_size
 
     shards = plan_shards(entries, shard_size)
     n = len(shards)
-    bar = tqdm(total=len(entries), desc=f"export {directory.name.split('.tmp-')[0].lstrip('.')}",
-               unit="tensor", disable=not progress)
+    bar = tqdm(total=len(entries), desc="export", unit="tensor", disable=not progress)
 
     def tensors(shard):
         for name, _, _ in shard:
@@ -102,10 +112,14 @@ def _write_model(params, cfg: ModelConfig, directory: Path, np_dtype, shard_size
     weight_map, total = {}, 0
     for k, shard in enumerate(shards, 1):
         fname = "model.safetensors" if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
+        if directory is None:  # not process 0: take part in the gathers, write nothing
+            for _ in tensors(shard):
+                pass
+            continue
         total += write_file(directory / fname, shard, tensors(shard))
         weight_map.update({name: fname for name, _, _ in shard})
     bar.close()
-    if n > 1:
+    if n > 1 and directory is not None:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 

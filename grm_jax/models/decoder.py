@@ -89,11 +89,14 @@ class Decoder(nn.Module):
     scan. `unrolled=True` runs a Python loop over per-layer params instead (`unstack_layers`
     makes them): on CPU, XLA copies each layer's weights out of the stack inside a scan, which
     doubled the time of a memory-bound decode step, so the sampler unstacks once per call.
+    `remat=True` rematerializes each layer under a gradient: only the layer inputs are kept for
+    the backward pass (what makes long sequences of a large model fit; `grm-jax plan` counts it).
     """
 
     config: ModelConfig
     mesh: Mesh | None = None
     unrolled: bool = False
+    remat: bool = False
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, cache: Cache | None = None, *,
@@ -143,13 +146,14 @@ class Decoder(nn.Module):
 
         is_sliding_L = jnp.asarray([k == SLIDING for k in cfg.kinds])
         shared = (tables, mask_full, mask_sliding, start)
+        block = nn.remat(Block, prevent_cse=not self.unrolled) if self.remat else Block
         if self.unrolled:
             for layer in range(cfg.num_layers):
-                (x_BTD, kv), _ = Block(cfg, self.mesh, name=f"layer_{layer}")(
+                (x_BTD, kv), _ = block(cfg, self.mesh, name=f"layer_{layer}")(
                     (x_BTD, kv), (is_sliding_L[layer], layer), shared)
         else:
             stack = nn.scan(
-                Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                block, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(0, nn.broadcast), length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"})
             (x_BTD, kv), _ = stack(cfg, self.mesh, name="layers")(

@@ -20,7 +20,7 @@ from grm_jax.sharding import constrain
 def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, positions_BT: jax.Array, *,
                      alpha: float = 1.0, chunk: int = 512, mesh: Mesh | None = None,
                      starts_B: jax.Array | None = None, window: int | None = None,
-                     unrolled: bool = False):
+                     unrolled: bool = False, remat: bool = False):
     """Per-position target logit and soft value.
 
     Args:
@@ -36,6 +36,7 @@ def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, position
       unrolled: run the layers as a Python loop over slices of the stacked params rather than a
         scan (faster forward and backward on CPU for small models; gradients still flow to the
         stacked params).
+      remat: rematerialize each layer under a gradient (keeps only layer inputs).
 
     Returns:
       (q, v) float32, [B, T] (or [B, window] with starts_B). Without a window,
@@ -45,10 +46,11 @@ def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, position
     """
     B, T = tokens_BT.shape
     if unrolled:
-        h_BTD, _ = Decoder(config, mesh, unrolled=True).apply(
+        h_BTD, _ = Decoder(config, mesh, unrolled=True, remat=remat).apply(
             {"params": unstack_layers(params)}, tokens_BT, positions_BT, hidden_only=True)
     else:
-        h_BTD, _ = Decoder(config, mesh).apply({"params": params}, tokens_BT, positions_BT, hidden_only=True)
+        h_BTD, _ = Decoder(config, mesh, remat=remat).apply({"params": params}, tokens_BT, positions_BT,
+                                                            hidden_only=True)
     next_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros_like(tokens_BT[:, :1])], axis=1)
     last = None
     if starts_B is not None:
@@ -83,9 +85,9 @@ def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, position
 
 
 def token_logprobs(params, config: ModelConfig, tokens_BT, positions_BT, *, chunk: int = 512,
-                   mesh: Mesh | None = None, unrolled: bool = False) -> jax.Array:
+                   mesh: Mesh | None = None, unrolled: bool = False, remat: bool = False) -> jax.Array:
     """log π(tokens[t] | tokens[:t]) aligned to the token it scores: [B, T], 0 at t = 0."""
     q_BT, v_BT = next_token_stats(params, config, tokens_BT, positions_BT, chunk=chunk, mesh=mesh,
-                                  unrolled=unrolled)
+                                  unrolled=unrolled, remat=remat)
     logp_BT = q_BT - v_BT
     return jnp.concatenate([jnp.zeros_like(logp_BT[:, :1]), logp_BT[:, :-1]], axis=1)

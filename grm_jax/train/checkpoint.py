@@ -37,11 +37,15 @@ def save_model(ckpt_dir: str | Path, params, cfg: ModelConfig, *, tokenizer_file
 
     `extra_arrays` {name: {key: array}} are written as NAME.npz beside the params (a value head).
     """
+    main = jax.process_index() == 0  # Orbax writes the params from every process; the rest is process 0's
     with atomic_directory(ckpt_dir, overwrite=overwrite) as tmp:
-        cfg.save(tmp / CONFIG_FILE)
+        if main:
+            cfg.save(tmp / CONFIG_FILE)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", params)
             ckptr.wait_until_finished()
+        if not main:
+            return Path(ckpt_dir).absolute()
         for name, arrays in (extra_arrays or {}).items():
             np.savez(tmp / f"{name}.npz", **{k: np.asarray(v) for k, v in arrays.items()})
         files = [Path(f) for f in tokenizer_files]

@@ -49,6 +49,8 @@ class GRPOConfig:
     max_prompt_length: int = 1024
     temperature: float = 1.0
     unroll_layers: bool = False          # layers as a Python loop in sampler and update (faster on CPU)
+    remat: bool = False                  # recompute each layer in the backward pass (long sequences, big models)
+    data_shards: Optional[int] = None    # prompt shards (default: one per process); see grpo_run
     inner_iters: int = 1
     eps: float = 0.2
     eps_high: Optional[float] = None
@@ -78,7 +80,7 @@ def grpo_loss_fn(config: ModelConfig, cfg: GRPOConfig, mesh: Mesh | None = None)
     """loss(params, microbatch, norm) with norm = {"seqs", "tokens"} of the whole batch."""
     def loss(params, mb, norm):
         logp_BT = token_logprobs(params, config, mb["tokens"], mb["positions"], chunk=cfg.chunk, mesh=mesh,
-                                 unrolled=cfg.unroll_layers)
+                                 unrolled=cfg.unroll_layers, remat=cfg.remat)
         mask = mb["mask"].astype(jnp.float32)
         objective, clipped = clipped_surrogate(logp_BT, mb["old_logp"], mb["adv"], cfg.eps, cfg.eps_high)
         kl_BT = kl_estimate(logp_BT, mb["ref_logp"], cfg.kl)
@@ -105,9 +107,10 @@ def grpo_normalizer(batch) -> dict:
     return {"seqs": jnp.asarray(mask.shape[0], jnp.float32), "tokens": jnp.maximum(mask.sum(), 1.0)}
 
 
-def build_batch(prompts: list[list[int]], samples, group_size: int, pad_id: int = 0) -> dict:
+def build_batch(prompts: list[list[int]], samples, group_size: int, pad_id: int = 0,
+                length: int | None = None) -> dict:
     """Right-padded prompt + response rows with the response mask and the sampler's log-probs
-    aligned to the tokens they score."""
+    aligned to the tokens they score; T is a length bucket of the longest row (or `length`)."""
     from grm_jax.sampling import bucket
 
     R = len(samples.lengths)
@@ -116,7 +119,7 @@ def build_batch(prompts: list[list[int]], samples, group_size: int, pad_id: int 
         p = prompts[r // group_size]
         n = int(samples.lengths[r])
         rows.append((p, samples.tokens[r, :n], samples.logprobs[r, :n]))
-    T = bucket(max(len(p) + len(t) for p, t, _ in rows))
+    T = length or bucket(max(len(p) + len(t) for p, t, _ in rows))
     tokens = np.full((R, T), pad_id, np.int32)
     positions = np.full((R, T), -1, np.int32)
     mask = np.zeros((R, T), np.int32)

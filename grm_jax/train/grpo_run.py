@@ -26,10 +26,12 @@ class RLPrompt:
     perm: tuple | None = None         # grm: the shuffle the prompt shows
 
 
-def load_prompts(cfg: GRPOConfig, formatter: ChatFormatter, log=print) -> list[RLPrompt]:
-    """The run's prompts; bad rows are reported by row number and skipped."""
+def load_prompts(cfg: GRPOConfig, formatter: ChatFormatter, log=print, select=None) -> list[RLPrompt]:
+    """The run's prompts; bad rows are reported by row number and skipped. Only rows for which
+    `select(row)` holds (this process's data shards) are rendered, tokenized and checked."""
     from grm_jax.data.grm_items import read_items
 
+    select = select or (lambda row: True)
     prompts, bad = [], {}
     if cfg.reward == "grm":
         from grm_jax.eval.judge import FORMATS
@@ -38,7 +40,10 @@ def load_prompts(cfg: GRPOConfig, formatter: ChatFormatter, log=print) -> list[R
         fmt = FORMATS[cfg.grm_format]
         template = load_template(cfg.grm_template or fmt.template)
         items, bad, _ = read_items(cfg.data)
+        bad = {row: message for row, message in bad.items() if select(row)}
         for k, item in enumerate(items):
+            if not select(item.row):
+                continue
             if item.rewards is None:
                 bad[item.row] = f"{cfg.data}: row {item.row}: the grm reward needs 'rewards'"
                 continue
@@ -48,6 +53,8 @@ def load_prompts(cfg: GRPOConfig, formatter: ChatFormatter, log=print) -> list[R
                                     perm=tuple(int(p) for p in perm)))
     else:
         for i, row in enumerate(read_rows(cfg.data), 1):
+            if not select(i):
+                continue
             prompt = row.get("prompt") if row.get("prompt") is not None else row.get("messages")
             why = "field 'prompt' (or 'messages') is missing" if prompt is None else check_prompt(prompt)
             if why is None and cfg.reward == "math" and row.get("answer") is None:
@@ -69,14 +76,18 @@ def load_prompts(cfg: GRPOConfig, formatter: ChatFormatter, log=print) -> list[R
             kept.append(p)
     for i in sorted(bad)[:20]:
         log(f"bad row: {bad[i]}")
-    if len(kept) < cfg.prompts_per_step:
-        raise DataError(f"{cfg.data}: {len(kept)} usable prompts cannot fill prompts_per_step="
-                        f"{cfg.prompts_per_step} ({len(bad)} bad rows)")
+    if not kept:
+        raise DataError(f"{cfg.data}: no usable prompts ({len(bad)} bad rows)")
     return kept
 
 
 def make_reward_fn(cfg: GRPOConfig, tokenizer, model_cfg, reward_params, mesh):
-    """fn(prompts, samples) -> rewards [P * G] (numpy)."""
+    """fn(prompts, samples, batch) -> rewards [P * G] (numpy) of this process's rows.
+
+    Rule rewards parse this process's own decoded samples; the endogenous reward runs on the
+    devices over the global batch (prompt + response rows, `build_batch`) and each process reads
+    back its own rows.
+    """
     from grm_jax.eval.judge import FORMATS
     from grm_jax.rewards.rules import grm_rule_reward, math_answer_reward, token_rate_reward
 
@@ -86,34 +97,37 @@ def make_reward_fn(cfg: GRPOConfig, tokenizer, model_cfg, reward_params, mesh):
         return [tokenizer.decode(samples.body(r), skip_special_tokens=True) for r in range(len(samples.lengths))]
 
     if cfg.reward == "math":
-        return lambda prompts, s: np.asarray([math_answer_reward(t, prompts[r // G].answer)
-                                              for r, t in enumerate(texts(s))], np.float32)
+        return lambda prompts, s, _: np.asarray([math_answer_reward(t, prompts[r // G].answer)
+                                                 for r, t in enumerate(texts(s))], np.float32)
     if cfg.reward == "grm":
         fmt = FORMATS[cfg.grm_format]
-        return lambda prompts, s: np.asarray([
+        return lambda prompts, s, _: np.asarray([
             grm_rule_reward(t, prompts[r // G].rewards, prompts[r // G].perm, fmt, truncated=not s.stopped[r])
             for r, t in enumerate(texts(s))], np.float32)
     if cfg.reward == "token_rate":
-        return lambda prompts, s: np.asarray([token_rate_reward(s.tokens[r, :int(s.lengths[r])], cfg.reward_target)
-                                              for r in range(len(s.lengths))], np.float32)
+        return lambda prompts, s, _: np.asarray([token_rate_reward(s.tokens[r, :int(s.lengths[r])], cfg.reward_target)
+                                                 for r in range(len(s.lengths))], np.float32)
 
-    from grm_jax.data.chat import Encoded
-    from grm_jax.eval.score import score_encoded
+    from grm_jax import distributed
+    from grm_jax.rewards.endogenous import jitted_rewards
+    from grm_jax.sampling import bucket
 
-    def endogenous(prompts, s):
-        encs = [Encoded(list(prompts[r // G].ids) + s.tokens[r, :int(s.lengths[r])].tolist(), len(prompts[r // G].ids))
-                for r in range(len(s.lengths))]
-        scored = score_encoded(reward_params, model_cfg, encs, batch_size=len(encs), chunk=cfg.chunk, mesh=mesh)
-        return np.asarray([x["sum"] for x in scored], np.float32)
+    fn = jitted_rewards(model_cfg, mesh, 1.0, int(cfg.chunk))
+
+    def endogenous(prompts, s, batch):
+        window = min(bucket(distributed.global_max(int(s.lengths.max()))), batch["tokens"].shape[1])
+        out = fn(reward_params, batch["tokens"], batch["positions"], batch["mask"], window)
+        return distributed.to_local(out["sum"])[:len(s.lengths)].astype(np.float32)
     return endogenous
 
 
 def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = None, log=print):
     """Trains per `cfg`, resuming from OUT's last checkpoint; writes OUT/final when done."""
     from grm_jax.bench import forward_flops, matmul_peak_flops, peak_flops
-    from grm_jax.data.pipeline import BatchStream
+    from grm_jax import distributed
+    from grm_jax.data.pipeline import ShardedStream, shard_of
     from grm_jax.loading import load_any
-    from grm_jax.sampling import Temperature, generate
+    from grm_jax.sampling import Temperature, bucket, generate
     from grm_jax.sharding import batch_sharding
     from grm_jax.train.checkpoint import save_model
     from grm_jax.train.checkpointing import RunCheckpointer, config_json
@@ -123,7 +137,9 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
 
     out, mesh, model_cfg, params, tok_dir, tokenizer = open_run(cfg.out, cfg.model, cfg.mesh, progress=progress)
     formatter = ChatFormatter(tokenizer, system_prompt=cfg.system_prompt)
-    prompts = load_prompts(cfg, formatter, log=log)
+    S = cfg.data_shards or jax.process_count()
+    owned = set(distributed.owned_shards(S))
+    prompts = load_prompts(cfg, formatter, log=log, select=lambda row: shard_of(row, S) in owned)
     stop = formatter.stop_ids()
     pad = tokenizer.pad_token_id or 0
 
@@ -142,28 +158,29 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
     ref_logp = jax.jit(lambda p, t, pos: token_logprobs(p, model_cfg, t, pos, chunk=cfg.chunk, mesh=mesh,
                                                         unrolled=cfg.unroll_layers))
     peak = peak_flops(jax.devices()[0]) or matmul_peak_flops()
-    stream = BatchStream(list(range(len(prompts))), cfg.prompts_per_step, seed=cfg.seed,
-                         collate_fn=np.asarray, process_index=jax.process_index(),
-                         process_count=jax.process_count())
+    shards = {s: [p for p in prompts if shard_of(p.row, S) == s] for s in owned}
+    stream = ShardedStream(shards, cfg.prompts_per_step, S, seed=cfg.seed)
     G = cfg.group_size
 
     def put(x):
-        return jax.device_put(x, batch_sharding(mesh, x.shape))
+        rows = x.shape[0] * jax.process_count()
+        return distributed.to_global(x, batch_sharding(mesh, (rows,) + x.shape[1:]))
 
-    def step_fn(state, idx):
-        batch_prompts = [prompts[int(i)] for i in idx]
+    def step_fn(state, batch_prompts):
         t0 = time.perf_counter()
         s = generate(state.params, model_cfg, [p.ids for p in batch_prompts], strategy=Temperature(cfg.temperature),
                      max_new_tokens=cfg.max_new_tokens, stop_tokens=stop, num_samples=G,
                      seed=cfg.seed * 1_000_003 + int(state.step), pad_id=pad, mesh=mesh,
                      unroll_layers=cfg.unroll_layers)
         t1 = time.perf_counter()
-        rewards = reward_fn(batch_prompts, s)
-        t2 = time.perf_counter()
-        batch = build_batch([p.ids for p in batch_prompts], s, G, pad)
-        batch["adv"] = np.asarray(group_advantages(jnp.asarray(rewards), G))
-        n_tokens = int((batch["positions"] >= 0).sum())
+        longest = max(len(batch_prompts[r // G].ids) + int(n) for r, n in enumerate(s.lengths))
+        batch = build_batch([p.ids for p in batch_prompts], s, G, pad,
+                            length=bucket(distributed.global_max(longest)))  # one T for all processes
+        n_tokens = int(distributed.allgather((batch["positions"] >= 0).sum()).sum())
         batch = {k: put(v) for k, v in batch.items()}
+        rewards = reward_fn(batch_prompts, s, batch)
+        batch["adv"] = put(np.asarray(group_advantages(jnp.asarray(rewards), G)))
+        t2 = time.perf_counter()
         batch["ref_logp"] = ref_logp(ref_params, batch["tokens"], batch["positions"])
         jax.block_until_ready(batch["ref_logp"])
         t3 = time.perf_counter()
@@ -173,12 +190,14 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
         t4 = time.perf_counter()
         R, T = batch["tokens"].shape
         flops = 3 * forward_flops(model_cfg, R, T) * cfg.inner_iters
-        lengths = s.lengths.astype(np.float32)
+        # Rewards, lengths and stops of the whole global batch, in process order.
+        rewards, lengths, stopped = (distributed.allgather(x).reshape(-1) for x in
+                                     (rewards, s.lengths.astype(np.float32), s.stopped))
         metrics = {k: float(v) for k, v in m.items()}
         metrics.update({
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
             "accuracy": float((rewards > 0).mean()), "response_length": float(lengths.mean()),
-            "stopped_fraction": float(s.stopped.mean()), "sampling_s": t1 - t0, "reward_s": t2 - t1,
+            "stopped_fraction": float(stopped.mean()), "sampling_s": t1 - t0, "reward_s": t2 - t1,
             "reference_s": t3 - t2, "update_s": t4 - t3,
             "tokens_per_s": n_tokens / (t4 - t0),
             "update_mfu": flops / (t4 - t3) / peak})

@@ -4,7 +4,8 @@ The device loop is never blocked on metrics: step N is dispatched, then step Nâˆ
 fetched and written (RUN/metrics.jsonl, one line per step, and TensorBoard scalars under
 RUN/tensorboard). A SIGTERM (a TPU VM being preempted, a scheduler
 stopping the job) sets a flag; after the current step the loop saves a checkpoint, waits for it to
-be written and returns, so the run resumes from there.
+be written and returns, so the run resumes from there. With several processes, JAX's preemption
+service (started by `jax.distributed.initialize`) picks the step at which every process saves.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import jax
+from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -60,17 +62,19 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
     """
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
+    main = jax.process_index() == 0  # only process 0 writes metrics, TensorBoard and the bar
     restored = checkpointer.restore(abstract_like(state), log=log)
     start = 0
     if restored is not None:
         start, state, data, _ = restored
         restore_data(data)
-        _trim_metrics(metrics_path, start)
-        log(f"resumed from {checkpointer.directory / str(start)} (step {start} of {total_steps})")
+        if main:
+            _trim_metrics(metrics_path, start)
+            log(f"resumed from {checkpointer.directory / str(start)} (step {start} of {total_steps})")
     end = total_steps if stop_after is None else min(total_steps, start + stop_after)
     history, pending, status = [], None, "done" if end == total_steps else "stopped"
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    bar = tqdm(total=total_steps, initial=start, desc="training", unit="step", disable=not progress)
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
+    bar = tqdm(total=total_steps, initial=start, desc="training", unit="step", disable=not (progress and main))
 
     def flush(item, t_next):
         step, metrics, t_dispatch = item
@@ -78,6 +82,8 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
         # From this step's dispatch to the next one's (or to now): the loop's period.
         values = {"step": step, **values, "step_s": round(t_next - t_dispatch, 4)}
         history.append(values)
+        if not main:
+            return
         with metrics_path.open("a") as f:
             f.write(json.dumps(values) + "\n")
         for key, value in values.items():
@@ -96,16 +102,21 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
                 flush(pending, t0)
             pending = (step, metrics, t0)
             bar.update(1)
-            if preempt.flag or step == end or step % save_every == 0:
+            preempted = preempt.flag
+            if jax.process_count() > 1:
+                # JAX's preemption service turns a SIGTERM on any host into one agreed step.
+                preempted = multihost_utils.reached_preemption_sync_point(step)
+            if preempted or step == end or step % save_every == 0:
                 checkpointer.save(step, state, data_state(), run_config, force=True)
-            if preempt.flag:
+            if preempted:
                 status = "preempted"
                 log(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
                 break
         if pending:
             flush(pending, time.perf_counter())
     checkpointer.wait()
-    writer.close()
+    if writer is not None:
+        writer.close()
     bar.close()
     return state, history, status
 

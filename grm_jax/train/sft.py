@@ -20,11 +20,12 @@ from grm_jax.models.logprobs import token_logprobs
 from grm_jax.train.optim import OptimConfig
 
 
-def sft_loss_fn(config: ModelConfig, *, chunk: int = 512, mesh: Mesh | None = None, unrolled: bool = False):
+def sft_loss_fn(config: ModelConfig, *, chunk: int = 512, mesh: Mesh | None = None, unrolled: bool = False,
+                remat: bool = False):
     """loss(params, microbatch, n_tokens) -> (Σ NLL / n_tokens, {"tokens", "nll_sum"})."""
     def loss(params, mb, n_tokens):
         logp_BT = token_logprobs(params, config, mb["tokens"], mb["positions"], chunk=chunk, mesh=mesh,
-                                 unrolled=unrolled)
+                                 unrolled=unrolled, remat=remat)
         mask_BT = mb["loss_mask"].astype(jnp.float32)
         nll = -(logp_BT * mask_BT).sum()
         return nll / n_tokens, {"tokens": mask_BT.sum(), "nll_sum": nll}
@@ -53,6 +54,8 @@ class SFTConfig:
     system_prompt: Optional[str] = None
     chat_template: bool = True
     unroll_layers: bool = False     # layers as a Python loop, not a scan (faster on CPU for small models)
+    remat: bool = False             # recompute each layer in the backward pass (long sequences, big models)
+    data_shards: Optional[int] = None  # row shards, batch_size / data_shards from each (default: one per process)
     mesh: Optional[str] = None
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
 
@@ -62,7 +65,8 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
     model as a grm-jax checkpoint in OUT/final. Returns (summary, final train state)."""
     import jax
     from grm_jax.data.chat import ChatFormatter
-    from grm_jax.data.pipeline import BatchStream, read_sft
+    from grm_jax import distributed
+    from grm_jax.data.pipeline import ShardedStream, collate, pad_length, read_sft, shard_of
     from grm_jax.sharding import batch_sharding
     from grm_jax.train.checkpoint import save_model
     from grm_jax.train.checkpointing import RunCheckpointer, config_json
@@ -73,20 +77,27 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
     out, mesh, model_cfg, params, tok_dir, tokenizer = open_run(cfg.out, cfg.model, cfg.mesh, progress=progress)
     formatter = ChatFormatter(tokenizer, system_prompt=cfg.system_prompt,
                               use_template=None if cfg.chat_template else False)
-    examples, bad, truncated = read_sft(cfg.data, formatter, min(cfg.max_length, model_cfg.max_position))
+    S = cfg.data_shards or jax.process_count()
+    owned = set(distributed.owned_shards(S))
+    examples, bad, truncated = read_sft(cfg.data, formatter, min(cfg.max_length, model_cfg.max_position),
+                                        select=lambda row: shard_of(row, S) in owned)
     for message in list(bad.values())[:20]:
         log(f"bad row: {message}")
-    stream = BatchStream(examples, cfg.batch_size, seed=cfg.seed, pad_id=tokenizer.pad_token_id or 0,
-                         process_index=jax.process_index(), process_count=jax.process_count())
+    pad = tokenizer.pad_token_id or 0
+    shards = {s: [e for row, e in examples if shard_of(row, S) == s] for s in owned}
+    stream = ShardedStream(shards, cfg.batch_size, S, seed=cfg.seed, collate_fn=lambda xs: collate(xs, pad))
     optimizer = make_optimizer(dataclasses.replace(cfg.optim, total_steps=cfg.steps))  # schedule spans the run
     state = init_train_state(params, optimizer, cfg.seed)
-    step_fn = make_train_step(sft_loss_fn(model_cfg, chunk=cfg.chunk, mesh=mesh, unrolled=cfg.unroll_layers),
+    step_fn = make_train_step(sft_loss_fn(model_cfg, chunk=cfg.chunk, mesh=mesh, unrolled=cfg.unroll_layers,
+                                       remat=cfg.remat),
                               sft_normalizer, optimizer,
                               grad_accum=cfg.optim.grad_accum)
 
     def batches():
         for b in stream:
-            yield {k: jax.device_put(v, batch_sharding(mesh, v.shape)) for k, v in b.items()}
+            b = pad_length(b, distributed.global_max(b["tokens"].shape[1]), pad)  # one T for all processes
+            rows = b["tokens"].shape[0] * jax.process_count()
+            yield {k: distributed.to_global(v, batch_sharding(mesh, (rows,) + v.shape[1:])) for k, v in b.items()}
 
     checkpointer = RunCheckpointer(out / "checkpoints", keep=cfg.keep)
     state, history, status = run_loop(

@@ -1,0 +1,76 @@
+"""The multi-host path on this machine: two JAX processes x 4 fake CPU devices joined through
+`jax.distributed.initialize` on loopback (gloo collectives) against one process x 8 devices, both
+running tests/multihost_worker.py: a GRPO step with an Orbax checkpoint, a restore and a second
+step, then an HF export. The results must be the same."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+WORKER = Path(__file__).with_name("multihost_worker.py")
+TIMING = ("_s", "per_s", "mfu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _run(num_processes: int, model, data, out: Path) -> dict:
+    out.mkdir()
+    port = _free_port()
+    devices = 8 // num_processes
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(p), str(num_processes), str(port), str(devices),
+                               str(model), str(data), str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for p in range(num_processes)]
+    try:
+        logs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, "\n".join(line for line in log.splitlines() if "Gloo" not in line)[-4000:]
+    return json.loads((out / "result.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mh") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Count to {i}."}) + "\n" for i in range(16)))
+    return path
+
+
+def test_two_processes_equal_one_process_with_eight_devices(tmp_path, chat_model, prompts):
+    one = _run(1, chat_model, prompts, tmp_path / "one")
+    two = _run(2, chat_model, prompts, tmp_path / "two")
+    assert (one["processes"], two["processes"]) == (1, 2) and one["devices"] == two["devices"] == 8
+    for run in (one, two):
+        assert run["status"] == ["stopped", "done"]  # step 1, then a restored run to step 2
+        assert any("resumed from" in line and "checkpoints/1" in line for line in run["logs"]), run["logs"]
+    assert [h["step"] for h in two["history"]] == [1, 2]
+    for a, b in zip(one["history"], two["history"]):
+        for key, value in a.items():
+            if not key.endswith(TIMING):
+                assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (a["step"], key)
+    assert two["history"][0]["reward_std"] > 0 and two["history"][1]["kl"] > 0  # a real update happened
+
+    initial = load_file(chat_model / "model.safetensors")
+    got_one = load_file(tmp_path / "one" / "hf" / "model.safetensors")
+    got_two = load_file(tmp_path / "two" / "hf" / "model.safetensors")
+    assert set(got_one) == set(got_two) == set(initial)
+    moved = max(float(np.abs(got_one[k] - initial[k]).max()) for k in initial)
+    apart = max(float(np.abs(got_one[k] - got_two[k]).max()) for k in initial)
+    assert moved > 1e-4 and apart < 1e-5, (moved, apart)
+    # Only process 0 wrote: one metrics line per step, one TensorBoard event file per call.
+    lines = (tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    assert len(list((tmp_path / "two" / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert not list((tmp_path / "two").glob(".*tmp-*"))  # atomic writes finished and renamed
