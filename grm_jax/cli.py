@@ -82,8 +82,28 @@ def _template_flag(args):
     return False if args.no_chat_template else None
 
 
+def _score_config(parser, args, argv):
+    """Re-parses a `score` command line with the YAML's values as the defaults."""
+    from omegaconf import OmegaConf
+
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"config file {args.config} not found")
+    values = OmegaConf.to_container(OmegaConf.load(args.config))
+    score = parser._subparsers._group_actions[0].choices["score"]
+    known = {a.dest for a in score._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{args.config}: unknown score option(s) {', '.join(unknown)}")
+    score.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
 def _score(args) -> int:
     from grm_jax.eval.score import ScoreOptions, format_summary, score_file
+
+    missing = [f"--{k}" for k in ("model", "data", "out") if not getattr(args, k)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required (on the command line or in --config)")
 
     system = Path(args.system_prompt_file).read_text() if args.system_prompt_file else args.system_prompt
     opts = ScoreOptions(reward=args.reward, batch_size=args.batch_size, max_length=args.max_length,
@@ -231,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reward modeling and RL post-training of language models in JAX. Models "
                     "come in from and go back out to the Hugging Face format (Llama, Qwen2/2.5, "
                     "Qwen3, Mistral, Gemma 2, Gemma 3 text).")
+    from grm_jax.cli_scale import add_distributed_options, add_plan_parser
+
+    add_distributed_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_plan_parser(sub)
 
     s = sub.add_parser("import-hf", help="convert an HF model directory to a grm-jax checkpoint",
                        description="Load an HF directory (config.json + safetensors, single file or "
@@ -310,9 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "response). Writes one JSONL line per input row, in order (bad "
                                    "rows get an 'error' line), and a summary JSON with accuracy "
                                    "per subset/domain and RM-Bench hard/normal/easy.")
-    s.add_argument("--model", required=True, help="HF directory or grm-jax checkpoint (with tokenizer)")
-    s.add_argument("--data", required=True, help="JSON, JSONL or Parquet file")
-    s.add_argument("--out", required=True, help="output JSONL (must not exist)")
+    s.add_argument("--config", help="YAML of these options by their long names (batch_size: 64, "
+                                    "mesh: fsdp=8, ...); options given on the command line win. "
+                                    "See configs/paper/")
+    s.add_argument("--model", help="HF directory or grm-jax checkpoint (with tokenizer); required")
+    s.add_argument("--data", help="JSON, JSONL or Parquet file; required")
+    s.add_argument("--out", help="output JSONL (must not exist); required")
     s.add_argument("--summary", help="summary JSON (default: OUT with suffix .summary.json)")
     s.add_argument("--reward", default="sum", choices=("sum", "mean", "logprob"),
                    help="sum: the paper's R = sum of token rewards; mean: R / response tokens "
@@ -511,8 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from grm_jax.cli_scale import start_distributed
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None) and args.command == "score":
+            args = _score_config(parser, args, argv)
+        start_distributed(args)
         return args.fn(args)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"grm-jax {args.command}: error: {e}", file=sys.stderr)

@@ -156,5 +156,24 @@ def bytes_per_device(abstract_tree, shardings) -> int:
     return max(totals.values()) if totals else 0
 
 
+def follow_params(tree, params, per_param, default, is_leaf=None):
+    """`tree` (an optimizer state, say) with each leaf replaced by the `per_param` value of the
+    param it follows (the param whose path ends its path, with the same shape: Adam's moments),
+    else by `default` (step counts). `per_param` has the structure of `params`."""
+    def keys(path):
+        return tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+
+    shapes = {keys(path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    values = {keys(path): v for path, v in jax.tree_util.tree_flatten_with_path(per_param, is_leaf=is_leaf)[0]}
+
+    def pick(path, leaf):
+        k = keys(path)
+        for i in range(len(k)):
+            if shapes.get(k[i:]) == tuple(leaf.shape):
+                return values[k[i:]]
+        return default
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
 def _is_names(x) -> bool:
-    return isinstance(x, tuple) and all(isinstance(n, (str, type(None))) for n in x)
+    return type(x) is tuple and all(isinstance(n, (str, type(None))) for n in x)

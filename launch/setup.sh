@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Creates a virtual environment in the project folder (.venv) and installs grm-jax into it with
 # its test extra (torch==2.13.0 CPU build, pytest, hypothesis). Re-runs only when pyproject.toml
-# changed. Set PYTHON to choose the interpreter (3.11 or newer).
+# changed. Set PYTHON to choose the interpreter (3.11 or newer) and GRM_JAX_EXTRAS to choose the
+# extras: "test" (default), "tpu" (jax[tpu], TPU VMs) or "cuda" (jax[cuda12], GPU nodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
-stamp=.venv/.grm-jax-installed
+extras="${GRM_JAX_EXTRAS:-test}"
+stamp=".venv/.grm-jax-installed-${extras//,/-}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "installing grm-jax and its test dependencies into .venv ..." >&2
+  echo "installing grm-jax and its ${extras} dependencies into .venv ..." >&2
   .venv/bin/python -m pip install -q --upgrade pip 2> >(grep -v "^WARNING: Location" >&2)
-  .venv/bin/python -m pip install -q -e ".[test]" 2> >(grep -v "^WARNING: Location" >&2)
+  .venv/bin/python -m pip install -q -e ".[${extras}]" 2> >(grep -v "^WARNING: Location" >&2)
   touch "$stamp"
 fi

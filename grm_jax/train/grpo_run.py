@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -109,16 +110,34 @@ def make_reward_fn(cfg: GRPOConfig, tokenizer, model_cfg, reward_params, mesh):
                                                  for r in range(len(s.lengths))], np.float32)
 
     from grm_jax import distributed
-    from grm_jax.rewards.endogenous import jitted_rewards
+    from grm_jax.rewards.endogenous import endogenous_rewards
     from grm_jax.sampling import bucket
 
-    fn = jitted_rewards(model_cfg, mesh, 1.0, int(cfg.chunk))
+    @functools.partial(jax.jit, static_argnums=4)
+    def fn(params, tokens, positions, mask, window):
+        return in_microbatches(lambda p, *xs: endogenous_rewards(p, model_cfg, *xs, chunk=cfg.chunk, window=window,
+                                                                 mesh=mesh)["sum"],
+                               cfg.optim.grad_accum)(params, tokens, positions, mask)
 
     def endogenous(prompts, s, batch):
         window = min(bucket(distributed.global_max(int(s.lengths.max()))), batch["tokens"].shape[1])
         out = fn(reward_params, batch["tokens"], batch["positions"], batch["mask"], window)
-        return distributed.to_local(out["sum"])[:len(s.lengths)].astype(np.float32)
+        return distributed.to_local(out)[:len(s.lengths)].astype(np.float32)
     return endogenous
+
+
+def in_microbatches(fn, count: int):
+    """fn(params, *[R, ...] arrays) -> [R, ...], run over `count` microbatches of rows in turn (a
+    `lax.map`), so a forward over the whole GRPO batch holds one microbatch's activations."""
+    if count == 1:
+        return fn
+
+    def run(params, *arrays):
+        R = arrays[0].shape[0]
+        split = [x.reshape(count, R // count, *x.shape[1:]) for x in arrays]
+        out = jax.lax.map(lambda xs: fn(params, *xs), split)
+        return out.reshape(R, *out.shape[2:])
+    return run
 
 
 def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = None, log=print):
@@ -155,8 +174,9 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
     state = init_train_state(params, optimizer, cfg.seed)
     update = make_train_step(grpo_loss_fn(model_cfg, cfg, mesh), grpo_normalizer, optimizer,
                              grad_accum=cfg.optim.grad_accum)
-    ref_logp = jax.jit(lambda p, t, pos: token_logprobs(p, model_cfg, t, pos, chunk=cfg.chunk, mesh=mesh,
-                                                        unrolled=cfg.unroll_layers))
+    ref_logp = jax.jit(in_microbatches(
+        lambda p, t, pos: token_logprobs(p, model_cfg, t, pos, chunk=cfg.chunk, mesh=mesh,
+                                         unrolled=cfg.unroll_layers), cfg.optim.grad_accum))
     peak = peak_flops(jax.devices()[0]) or matmul_peak_flops()
     shards = {s: [p for p in prompts if shard_of(p.row, S) == s] for s in owned}
     stream = ShardedStream(shards, cfg.prompts_per_step, S, seed=cfg.seed)

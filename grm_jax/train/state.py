@@ -23,18 +23,20 @@ class TrainState(NamedTuple):
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation, seed: int = 0) -> TrainState:
-    """The state for `params`; optimizer moments are sharded like the params they follow (the
-    init is jitted, so sharding propagates from the params)."""
-    opt_state = jax.jit(optimizer.init)(params)
-    state = TrainState(params, opt_state, jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed)))
+    """The state for `params`; optimizer moments are sharded like the params they follow, the
+    rest (step counts, the RNG) replicated over the params' mesh. (Sharding does not propagate
+    into zeros by itself: the moments would come out replicated.)"""
+    from grm_jax.sharding import follow_params
+
     mesh = next((x.sharding.mesh for x in jax.tree.leaves(params) if isinstance(x.sharding, NamedSharding)), None)
+    step, rng = jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed))
     if mesh is None:
-        return state
-    # Leaves that follow no param (step counts, the RNG) are replicated over the params' mesh.
-    devices = set(mesh.devices.flat)
+        return TrainState(params, jax.jit(optimizer.init)(params), step, rng)
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda x: x if set(x.sharding.device_set) == devices else jax.device_put(x, replicated),
-                        state)
+    shardings = follow_params(jax.eval_shape(optimizer.init, params), params,
+                              jax.tree.map(lambda x: x.sharding, params), replicated)
+    opt_state = jax.jit(optimizer.init, out_shardings=shardings)(params)
+    return TrainState(params, opt_state, jax.device_put(step, replicated), jax.device_put(rng, replicated))
 
 
 def split_microbatches(batch: dict, accum: int) -> dict:
