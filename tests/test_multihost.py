@@ -1,7 +1,7 @@
 """The multi-host path on this machine: two JAX processes x 4 fake CPU devices joined through
 `jax.distributed.initialize` on loopback (gloo collectives) against one process x 8 devices, both
 running tests/multihost_worker.py: a GRPO step with an Orbax checkpoint, a restore and a second
-step, then an HF export. The results must be the same."""
+step, then an HF export; then SFT the same way. The results must be the same."""
 
 import json
 import socket
@@ -23,12 +23,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(num_processes: int, model, data, out: Path) -> dict:
+def _run(num_processes: int, model, data, sft_data, out: Path) -> dict:
     out.mkdir()
     port = _free_port()
     devices = 8 // num_processes
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(p), str(num_processes), str(port), str(devices),
-                               str(model), str(data), str(out)],
+                               str(model), str(data), str(sft_data), str(out)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for p in range(num_processes)]
     try:
@@ -42,15 +42,18 @@ def _run(num_processes: int, model, data, out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def prompts(tmp_path_factory):
-    path = tmp_path_factory.mktemp("mh") / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Count to {i}."}) + "\n" for i in range(16)))
-    return path
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mh")
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Count to {i}."}) + "\n" for i in range(16)))
+    rows = [{"prompt": f"Count to {i}.", "response": " ".join(str(k) for k in range(1, i + 2))} for i in range(16)]
+    rows[4] = {"prompt": "no response"}  # row 5, a bad row of shard 0: reported by process 0
+    (root / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "prompts.jsonl", root / "sft.jsonl"
 
 
-def test_two_processes_equal_one_process_with_eight_devices(tmp_path, chat_model, prompts):
-    one = _run(1, chat_model, prompts, tmp_path / "one")
-    two = _run(2, chat_model, prompts, tmp_path / "two")
+def test_two_processes_equal_one_process_with_eight_devices(tmp_path, chat_model, data):
+    one = _run(1, chat_model, *data, tmp_path / "one")
+    two = _run(2, chat_model, *data, tmp_path / "two")
     assert (one["processes"], two["processes"]) == (1, 2) and one["devices"] == two["devices"] == 8
     for run in (one, two):
         assert run["status"] == ["stopped", "done"]  # step 1, then a restored run to step 2
@@ -74,3 +77,13 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path, chat_model
     assert [json.loads(x)["step"] for x in lines] == [1, 2]
     assert len(list((tmp_path / "two" / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 2
     assert not list((tmp_path / "two").glob(".*tmp-*"))  # atomic writes finished and renamed
+
+    for run in (one, two):  # SFT: a step, a restore, a step; the bad row reported
+        assert run["sft_status"] == ["stopped", "done"]
+        assert any("resumed from" in line for line in run["sft_logs"])
+        assert any("row 5" in line for line in run["sft_logs"]), run["sft_logs"]
+    assert [h["step"] for h in two["sft_history"]] == [1, 2]
+    for a, b in zip(one["sft_history"], two["sft_history"]):
+        for key, value in a.items():
+            if not key.endswith(TIMING):
+                assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (a["step"], key)
