@@ -1,12 +1,16 @@
 """The multi-host path on this machine: two JAX processes x 4 fake CPU devices joined through
 `jax.distributed.initialize` on loopback (gloo collectives) against one process x 8 devices, both
 running tests/multihost_worker.py: a GRPO step with an Orbax checkpoint, a restore and a second
-step, then an HF export; then SFT the same way. The results must be the same."""
+step, then an HF export; then SFT the same way. The results must be the same. And a SIGTERM
+reaching one process only."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +91,28 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path, chat_model
         for key, value in a.items():
             if not key.endswith(TIMING):
                 assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (a["step"], key)
+
+
+def test_sigterm_on_one_host_saves_the_same_step_everywhere(tmp_path, chat_model, data):
+    """A preemption notice reaching process 1 only: JAX's preemption service picks one step, both
+    processes save it (Orbax, together) and exit with status 3."""
+    port, out = _free_port(), tmp_path / "run"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-m", "grm_jax.cli", "--coordinator", f"localhost:{port}",
+                               "--num-processes", "2", "--process-id", str(p), "sft", f"model={chat_model}",
+                               f"data={data[1]}", f"out={out}", "steps=100000", "batch_size=4", "max_length=64",
+                               "save_every=100000"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for p in range(2)]
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    steps = []
+    for p, log in zip(procs, logs):
+        assert p.returncode == 3, "\n".join(x for x in log.splitlines() if "Gloo" not in x)[-3000:]
+        steps.append(json.loads(log[log.index("{\n"):])["steps"])
+    assert steps[0] == steps[1] >= 3
+    assert (out / "checkpoints" / str(steps[0])).is_dir()
+    assert "SIGTERM: saved step" in logs[0]

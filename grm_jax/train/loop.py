@@ -32,6 +32,8 @@ class _Preempted:
     def __enter__(self):
         def handler(signum, frame):
             self.flag = True
+        if jax.process_count() > 1:  # JAX's preemption service catches SIGTERM itself
+            return self
         try:
             self._old = signal.signal(signal.SIGTERM, handler)
         except ValueError:  # not the main thread: no handler, no preemption support
