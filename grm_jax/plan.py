@@ -31,10 +31,11 @@ from grm_jax.models import ModelConfig, abstract_params, dtype_of, from_hf_confi
 from grm_jax.models.decoder import CACHE_LOGICAL_NAMES, init_cache
 from grm_jax.sharding import MESH_AXES, RULES, follow_params, logical_to_spec, parse_mesh_spec
 
-# HBM per chip in bytes: vendor figures (GB = 1e9 bytes; v4 and v5p are stated in GiB).
+# HBM per chip in bytes: what the driver reports for the GPUs (nvidia-smi: H100 SXM 81559 MiB,
+# H200 143771 MiB); the vendor's figure for the TPUs, read conservatively (GB = 1e9 bytes).
 ACCELERATORS = {
-    "tpu-v4": 32 * 2**30, "tpu-v5e": 16 * 10**9, "tpu-v5p": 95 * 2**30, "tpu-v6e": 32 * 10**9,
-    "h100": 80 * 10**9, "h200": 141 * 10**9,
+    "tpu-v4": 32 * 2**30, "tpu-v5e": 16 * 10**9, "tpu-v5p": 95 * 10**9, "tpu-v6e": 32 * 10**9,
+    "h100": 81559 * 2**20, "h200": 143771 * 2**20,
 }
 USABLE = 0.9  # of HBM, leaving room for XLA's temporaries and fragmentation
 

@@ -20,7 +20,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from grm_jax.data.preference import DataError, check_prompt, detect_layout, read_rows, validate
+from grm_jax.data.preference import DataError, check_prompt, detect_layout, read_row_subset, read_rows, validate
 
 ITEM_LAYOUTS = ("grm", "rewardbench", "rmbench", "ppe_correctness", "ppe_preference")
 _RESPONSE_N = re.compile(r"response_(\d+)$")
@@ -98,13 +98,21 @@ def _ppe_row(i: int, r: dict, layout: str) -> Item | str:
     return Item(i, prompt, tuple(responses), rewards, r.get("subset"), r.get("id"))
 
 
-def read_items(path: str | Path) -> tuple[list[Item], dict[int, str], str]:
-    """(items, {row: message} for bad rows, layout) of a GRM-item or preference file."""
-    rows = read_rows(path)
+def read_items(path: str | Path, keep=None) -> tuple[list[Item], dict[int, str], str]:
+    """(items, {row: message} for bad rows, layout) of a GRM-item or preference file; with
+    `keep(row)`, of those rows only (GRM and PPE rows are then the only ones made into Python
+    objects and checked; RewardBench / RM-Bench files are read whole and filtered)."""
+    numbered = list(enumerate(read_rows(path), 1)) if keep is None else read_row_subset(path, keep)
+    rows = [r for _, r in numbered]
     if not rows:
+        if keep is not None and read_rows(path):
+            return [], {}, "grm"
         raise DataError(f"{path}: no rows")
     layout = _layout(rows, path)
     items, bad = [], {}
+    if layout in ("rewardbench", "rmbench") and keep is not None:
+        items, bad, layout = read_items(path)
+        return [x for x in items if keep(x.row)], {r: m for r, m in bad.items() if keep(r)}, layout
     if layout in ("rewardbench", "rmbench"):
         good, bad = validate(rows, layout, path)
         for row in good:
@@ -117,7 +125,7 @@ def read_items(path: str | Path) -> tuple[list[Item], dict[int, str], str]:
                     items.append(Item(row.index, row.prompt, (chosen[a], rejected[b]), (1.0, 0.0),
                                       row.group, row.id, pair=(a, b)))
         return items, bad, layout
-    for i, r in enumerate(rows, 1):
+    for i, r in numbered:
         got = _grm_row(i, r) if layout == "grm" else _ppe_row(i, r, layout)
         if isinstance(got, str):
             bad[i] = f"{path}: row {i}: {got}"

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from grm_jax.data.chat import ChatFormatter, Encoded, PromptError
-from grm_jax.data.preference import DataError, check_prompt, read_rows
+from grm_jax.data.preference import DataError, check_prompt, read_row_subset, read_rows
 from grm_jax.sampling import bucket
 
 
@@ -40,13 +40,11 @@ def read_sft(path: str | Path, formatter: ChatFormatter, max_length: int, *,
 
     Only rows for which `select(row)` holds are validated and tokenized (a process's shards).
     """
-    rows = read_rows(path)
-    if not rows:
-        raise DataError(f"{path}: no rows")
+    numbered = list(enumerate(read_rows(path), 1)) if select is None else read_row_subset(path, select)
+    if not numbered:
+        raise DataError(f"{path}: no rows" + ("" if select is None else " in this process's data shards"))
     examples, bad, truncated = [], {}, 0
-    for i, row in enumerate(rows, 1):
-        if select is not None and not select(i):
-            continue
+    for i, row in numbered:
         try:
             prompt, response = _sft_pair(row)
             e = formatter.encode(prompt, response, max_length)

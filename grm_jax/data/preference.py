@@ -54,6 +54,24 @@ def read_rows(path: str | Path) -> list[dict]:
         return _read_json_rows(path, e)
 
 
+def read_row_subset(path: str | Path, keep) -> list[tuple[int, dict]]:
+    """[(row number, row)] of the rows for which `keep(row number)` holds (a process's data
+    shards): the file is parsed (Arrow), but only these rows become Python objects."""
+    path = Path(path)
+    kind = _SUFFIXES.get(path.suffix.lower())
+    if kind is None or not path.is_file():
+        return [(i, r) for i, r in enumerate(read_rows(path), 1) if keep(i)]  # read_rows names the error
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train", keep_in_memory=True)
+    except Exception:  # noqa: BLE001 - the plain-JSON fallback reads (and reports) everything
+        return [(i, r) for i, r in enumerate(read_rows(path), 1) if keep(i)]
+    numbers = [i for i in range(1, len(ds) + 1) if keep(i)]
+    return list(zip(numbers, ds.select([i - 1 for i in numbers]).to_list()))
+
+
 def _read_json_rows(path: Path, cause: Exception) -> list[dict]:
     """Plain-JSON reading, for files `datasets` rejects (mixed types across rows, bad lines):
     either the rows, or an error naming the first bad line."""

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grm_jax.data.chat import ChatFormatter, PromptError
-from grm_jax.data.preference import DataError, check_prompt, read_rows
+from grm_jax.data.preference import DataError, check_prompt, read_row_subset
 from grm_jax.models.logprobs import token_logprobs
 from grm_jax.train.grpo import GRPOConfig, build_batch, grpo_loss_fn, grpo_normalizer
 from grm_jax.train.rl import group_advantages
@@ -40,22 +40,20 @@ def load_prompts(cfg: GRPOConfig, formatter: ChatFormatter, log=print, select=No
 
         fmt = FORMATS[cfg.grm_format]
         template = load_template(cfg.grm_template or fmt.template)
-        items, bad, _ = read_items(cfg.data)
-        bad = {row: message for row, message in bad.items() if select(row)}
-        for k, item in enumerate(items):
-            if not select(item.row):
-                continue
+        items, bad, _ = read_items(cfg.data, keep=select)
+        for item in items:
             if item.rewards is None:
                 bad[item.row] = f"{cfg.data}: row {item.row}: the grm reward needs 'rewards'"
                 continue
-            perm = np.random.default_rng([cfg.seed, k]).permutation(len(item.responses))
+            # The shuffle shown is seeded by the item's row (and RM-Bench style pair): the same
+            # whichever process reads it.
+            key = [cfg.seed, item.row - 1] + ([3 * item.pair[0] + item.pair[1]] if item.pair else [])
+            perm = np.random.default_rng(key).permutation(len(item.responses))
             text = render(template, item.prompt, [item.responses[p] for p in perm])
             prompts.append(RLPrompt(item.row, formatter.prompt_ids(text), rewards=item.rewards,
                                     perm=tuple(int(p) for p in perm)))
     else:
-        for i, row in enumerate(read_rows(cfg.data), 1):
-            if not select(i):
-                continue
+        for i, row in read_row_subset(cfg.data, select):
             prompt = row.get("prompt") if row.get("prompt") is not None else row.get("messages")
             why = "field 'prompt' (or 'messages') is missing" if prompt is None else check_prompt(prompt)
             if why is None and cfg.reward == "math" and row.get("answer") is None:
