@@ -89,7 +89,7 @@ def _score_config(parser, args, argv):
     if not Path(args.config).is_file():
         raise FileNotFoundError(f"config file {args.config} not found")
     values = OmegaConf.to_container(OmegaConf.load(args.config))
-    score = parser._subparsers._group_actions[0].choices["score"]
+    score = parser.score_parser
     known = {a.dest for a in score._actions}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory bandwidth to take as the bound (default: the vendor figure of a "
                         "known GPU/TPU; none on CPU)")
 
-    s = sub.add_parser("score", help="endogenous rewards of a preference or response file",
+    s = p.score_parser = sub.add_parser("score", help="endogenous rewards of a preference or response file",
                        description="Score every response in FILE with the endogenous reward of "
                                    "MODEL (logits as a soft Q-function; the reward of a response is "
                                    "the sum of its token rewards r = Q(s,a) - V(s'), arXiv "

@@ -70,6 +70,20 @@ def global_max(x: int) -> int:
     return int(allgather(np.int64(x)).max())
 
 
+def gather_shard_values(own: dict[int, list[int]], num_shards: int) -> dict[int, list[int]]:
+    """Every shard's list of non-negative ints (example lengths, say), from each process's lists
+    of the shards it owns: two small all-gathers, done once rather than once per step."""
+    counts = np.zeros(num_shards, np.int64)
+    for s, values in own.items():
+        counts[s] = len(values)
+    counts = allgather(counts).max(axis=0)
+    table = np.full((num_shards, max(1, int(counts.max()))), -1, np.int64)
+    for s, values in own.items():
+        table[s, :len(values)] = values
+    table = allgather(table).max(axis=0)
+    return {s: table[s, :counts[s]].tolist() for s in range(num_shards)}
+
+
 def same_on_all(value: str) -> str:
     """Process 0's `value` (a short string), on every process."""
     if jax.process_count() == 1:

@@ -103,13 +103,13 @@ def _split(n: int, ways: int) -> int:
     return n // ways if n % ways == 0 else n
 
 
-def layer_bytes(cfg: ModelConfig, rows: int, length: int, keys: int, tensor: int, *, grad: bool) -> int:
+def layer_bytes(cfg: ModelConfig, rows: int, length: int, keys: int, tensor: int) -> int:
     """Activation bytes of one layer on one device for `rows` rows of `length` queries over
-    `keys` key positions. Per token: the norms' inputs and outputs (4 D), q, k, v and the attention
-    output ((2 N + 2 K) H), the MLP's gate, up and product (3 F), in the compute dtype; plus the
-    attention logits and probabilities in float32 (2 × N × keys per token). Heads and F are split
-    over `tensor` where it divides them. Without `grad` (a forward), the largest live part: q, k,
-    v, the scores and the MLP, once."""
+    `keys` key positions: what autodiff keeps of a layer for the backward pass, and (as an upper
+    bound) what a forward holds live in one layer. Per token: the norms' inputs and outputs (4 D),
+    q, k, v and the attention output ((2 N + 2 K) H), the MLP's gate, up and product (3 F), in the
+    compute dtype; plus the attention logits and probabilities in float32 (2 × N × keys per
+    token). Heads and F are split over `tensor` where it divides them."""
     b = np.dtype(dtype_of(cfg.dtype)).itemsize
     N, K, F = _split(cfg.num_heads, tensor), _split(cfg.num_kv_heads, tensor), _split(cfg.mlp_dim, tensor)
     per_token = b * (4 * cfg.embed_dim + (2 * N + 2 * K) * cfg.head_dim + 3 * F)
@@ -168,15 +168,14 @@ def plan_run(kind: str, raw: dict, mesh_shape: dict, model_cfg: ModelConfig | No
         f32 = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32), abstract)
         items["gradients (float32 sum + one microbatch)"] = _tree_bytes(f32, names, mesh_shape) + p_bytes
         rows = per_device(rows_global // accum)
-        one = layer_bytes(cfg, rows, length, length, tensor, grad=True)
+        one = layer_bytes(cfg, rows, length, length, tensor)
         if remat:  # the layer inputs, then one layer recomputed with its gradient
             acts = cfg.num_layers * rows * length * cfg.embed_dim * np.dtype(dtype_of(cfg.dtype)).itemsize + 2 * one
         else:
             acts = cfg.num_layers * one
-        items[f"activations ({rows} rows x {length} per device{', remat' if remat else ''})"] = (
-            acts + lm_head_bytes(cfg, rows, min(chunk, length), tensor))
-        return ["params", "optimizer state", "gradients (float32 sum + one microbatch)",
-                [k for k in items if k.startswith("activations")][0]]
+        name = f"activations ({rows} rows x {length} per device{', remat' if remat else ''})"
+        items[name] = acts + lm_head_bytes(cfg, rows, min(chunk, length), tensor)
+        return ["params", "optimizer state", "gradients (float32 sum + one microbatch)", name]
 
     if kind == "grpo":
         G, P = int(raw.get("group_size", 4)), int(raw.get("prompts_per_step", 8))
@@ -189,10 +188,10 @@ def plan_run(kind: str, raw: dict, mesh_shape: dict, model_cfg: ModelConfig | No
         update = training(R, T, accum) + ["reference params"]
         base = ["params", "reference params", "optimizer state"]
         items[f"KV cache ({R} rows x {T})"] = cache_bytes(per_device(P) * dp * G + per_device(P) * dp, T)
-        items["prefill activations"] = layer_bytes(cfg, per_device(P), prompt, T, tensor, grad=False)
+        items["prefill activations"] = layer_bytes(cfg, per_device(P), prompt, T, tensor)
         rows = per_device(R // accum)  # the reference and reward forwards run per microbatch
         forward = f"reference forward ({rows} rows x {T} per device)"
-        items[forward] = layer_bytes(cfg, rows, T, T, tensor, grad=False) + lm_head_bytes(
+        items[forward] = layer_bytes(cfg, rows, T, T, tensor) + lm_head_bytes(
             cfg, rows, min(chunk, T), tensor) // 3
         extra = ["reward model params"] if "reward model params" in items else []
         phases = {
@@ -205,7 +204,7 @@ def plan_run(kind: str, raw: dict, mesh_shape: dict, model_cfg: ModelConfig | No
     elif kind == "score":
         rows, T = per_device(int(raw.get("batch_size", 8))), int(raw.get("max_length", 2048))
         items[f"forward ({rows} rows x {T} per device)"] = (
-            layer_bytes(cfg, rows, T, T, tensor, grad=False) + lm_head_bytes(cfg, rows, min(chunk, T), tensor) // 3)
+            layer_bytes(cfg, rows, T, T, tensor) + lm_head_bytes(cfg, rows, min(chunk, T), tensor) // 3)
         phases = {"forward": ["params", f"forward ({rows} rows x {T} per device)"]}
     else:
         raise ValueError(f"unknown run kind {kind!r}")

@@ -119,3 +119,25 @@ def test_grpo_resume_is_exact(tmp_path, chat_model):
     ra = [json.loads(x)["reward_mean"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(x)["reward_mean"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert ra == rb and len(ra) == 4
+
+
+def test_forwards_in_microbatches_equal_one_pass(chat_model):
+    """GRPO's reference log-probs over the whole batch, run in 4 microbatches (optim.grad_accum)."""
+    import jax
+    import jax.numpy as jnp
+
+    from grm_jax.loading import load_any
+    from grm_jax.models.logprobs import token_logprobs
+    from grm_jax.train.grpo_run import in_microbatches
+
+    cfg, params, _ = load_any(chat_model, progress=False)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, (8, 20)))
+    positions = jnp.broadcast_to(jnp.arange(20), (8, 20))
+
+    def fn(p, t, pos):
+        return token_logprobs(p, cfg, t, pos)
+
+    whole = jax.jit(fn)(params, tokens, positions)
+    parts = jax.jit(in_microbatches(fn, 4))(params, tokens, positions)
+    assert parts.shape == whole.shape
+    np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-5, atol=1e-5)

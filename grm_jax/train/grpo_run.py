@@ -130,11 +130,11 @@ def in_microbatches(fn, count: int):
     if count == 1:
         return fn
 
+    from grm_jax.train.state import split_microbatches
+
     def run(params, *arrays):
-        R = arrays[0].shape[0]
-        split = [x.reshape(count, R // count, *x.shape[1:]) for x in arrays]
-        out = jax.lax.map(lambda xs: fn(params, *xs), split)
-        return out.reshape(R, *out.shape[2:])
+        out = jax.lax.map(lambda xs: fn(params, *xs), split_microbatches(arrays, count))
+        return out.reshape(-1, *out.shape[2:])
     return run
 
 

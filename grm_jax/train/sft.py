@@ -67,6 +67,7 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
     from grm_jax.data.chat import ChatFormatter
     from grm_jax import distributed
     from grm_jax.data.pipeline import ShardedStream, collate, pad_length, read_sft, shard_of
+    from grm_jax.sampling import bucket
     from grm_jax.sharding import batch_sharding
     from grm_jax.train.checkpoint import save_model
     from grm_jax.train.checkpointing import RunCheckpointer, config_json
@@ -86,6 +87,13 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
     pad = tokenizer.pad_token_id or 0
     shards = {s: [e for row, e in examples if shard_of(row, S) == s] for s in owned}
     stream = ShardedStream(shards, cfg.batch_size, S, seed=cfg.seed, collate_fn=lambda xs: collate(xs, pad))
+    streams = [stream]
+    if jax.process_count() > 1:
+        # Every process must pad to the global batch's length bucket. The lengths of all shards'
+        # examples are gathered once; a stream over them, in lockstep with the data, gives each
+        # step's longest example without a collective (and a host sync) per step.
+        lengths = distributed.gather_shard_values({s: [e.end for e in xs] for s, xs in shards.items()}, S)
+        streams.append(ShardedStream(lengths, cfg.batch_size, S, seed=cfg.seed, collate_fn=max))
     optimizer = make_optimizer(dataclasses.replace(cfg.optim, total_steps=cfg.steps))  # schedule spans the run
     state = init_train_state(params, optimizer, cfg.seed)
     step_fn = make_train_step(sft_loss_fn(model_cfg, chunk=cfg.chunk, mesh=mesh, unrolled=cfg.unroll_layers,
@@ -95,7 +103,8 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
 
     def batches():
         for b in stream:
-            b = pad_length(b, distributed.global_max(b["tokens"].shape[1]), pad)  # one T for all processes
+            if len(streams) > 1:
+                b = pad_length(b, bucket(next(streams[1])), pad)  # the global batch's bucket, as collate picks it
             rows = b["tokens"].shape[0] * jax.process_count()
             yield {k: distributed.to_global(v, batch_sharding(mesh, (rows,) + v.shape[1:])) for k, v in b.items()}
 
@@ -103,7 +112,8 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
     state, history, status = run_loop(
         step_fn, state, batches(), checkpointer=checkpointer, run_config=config_json(cfg),
         total_steps=cfg.steps, save_every=cfg.save_every, run_dir=out, data_state=stream.state,
-        restore_data=stream.restore, stop_after=stop_after, progress=progress, log=log)
+        restore_data=lambda state: [x.restore(state) for x in streams], stop_after=stop_after,
+        progress=progress, log=log)
     checkpointer.close()
     summary = {"status": status, "steps": int(state.step), "examples": len(examples), "bad_rows": len(bad),
                "truncated": truncated, "last": history[-1] if history else None}
