@@ -13,7 +13,7 @@ _MESH_HELP = ("device mesh as axis=size over data, fsdp, tensor; -1 takes the re
 
 
 def _import_hf(args) -> int:
-    from grm_jax.hf import TOKENIZER_FILES, load_hf
+    from grm_jax.hf import load_hf, tokenizer_files
     from grm_jax.sharding import mesh_from_spec
     from grm_jax.train.checkpoint import save_model
 
@@ -21,8 +21,7 @@ def _import_hf(args) -> int:
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     cfg, params = load_hf(args.hf_dir, mesh=mesh_from_spec(args.mesh), param_dtype=args.dtype)
-    tokenizer = [Path(args.hf_dir) / f for f in TOKENIZER_FILES if (Path(args.hf_dir) / f).is_file()]
-    save_model(out, params, cfg, tokenizer_files=tokenizer, overwrite=args.overwrite)
+    save_model(out, params, cfg, tokenizer_files=tokenizer_files(args.hf_dir), overwrite=args.overwrite)
     print(f"imported {cfg.family} ({cfg.num_params():,} params, {cfg.param_dtype}) to {out}")
     return 0
 

@@ -18,12 +18,10 @@ from tqdm.auto import tqdm
 
 from grm_jax.atomic import atomic_directory
 from grm_jax.hf.keys import expand, key_table
+from grm_jax.hf.paths import tokenizer_files
 from grm_jax.hf.safetensors_io import plan_shards, write_file
 from grm_jax.models import ModelConfig, dtype_of, to_hf_config
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                   "chat_template.jinja", "chat_template.json")
 
 
 def parse_size(text: str | int) -> int:
@@ -61,10 +59,8 @@ def export_hf(params, cfg: ModelConfig, out_dir: str | Path, *, dtype: str | Non
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         _write_model(params, cfg.replace(param_dtype=dtype), tmp, np_dtype, parse_size(shard_size), progress)
         if tokenizer_from is not None and jax.process_index() == 0:
-            for name in TOKENIZER_FILES:
-                src = Path(tokenizer_from) / name
-                if src.is_file():
-                    shutil.copy2(src, tmp / name)
+            for src in tokenizer_files(tokenizer_from):
+                shutil.copy2(src, tmp / src.name)
     return Path(out_dir).absolute()
 
 

@@ -15,6 +15,8 @@ from typing import Iterable, Iterator
 import ml_dtypes
 import numpy as np
 
+from grm_jax.hf.paths import member
+
 _DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -94,10 +96,13 @@ def open_checkpoint(directory: str | Path) -> dict[str, SafetensorsFile]:
     single = directory / "model.safetensors"
     if index.exists():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = json.loads(member(directory, index.name).read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise SafetensorsError(f"{index}: not a valid safetensors index ({e})") from None
-        files = {f: SafetensorsFile(directory / f) for f in sorted(set(weight_map.values()))}
+        if not isinstance(weight_map, dict):
+            raise SafetensorsError(f"{index}: weight_map is not an object")
+        files = {f: SafetensorsFile(member(directory, f, what="shard"))
+                 for f in sorted(set(weight_map.values()), key=str)}
         out = {}
         for name, fname in weight_map.items():
             if name not in files[fname]._entries:
@@ -105,7 +110,7 @@ def open_checkpoint(directory: str | Path) -> dict[str, SafetensorsFile]:
             out[name] = files[fname]
         return out
     if single.exists():
-        f = SafetensorsFile(single)
+        f = SafetensorsFile(member(directory, single.name))
         return {name: f for name in f.names()}
     found = sorted(p.name for p in directory.glob("*"))[:10] if directory.is_dir() else []
     raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json "

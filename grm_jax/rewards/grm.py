@@ -5,6 +5,10 @@ Templates get `history` (the conversation before the last user turn, as {role, c
 `[The Begin of Response i]` / `[The End of Response i]` delimiters, the three output lines, the
 boxed list — is the interface a published DeepSeek-GRM checkpoint was trained on; the wording is
 ours. Users can pass their own template file.
+
+Templates are data, not code: they render in jinja's immutable sandbox, so a template from a
+config or a repository cannot reach Python objects (`cycler.__init__.__globals__.os`), call
+unsafe methods or mutate its inputs; an attempt is an error naming the file.
 """
 
 from __future__ import annotations
@@ -45,15 +49,36 @@ def template_path(name_or_path: str | Path) -> Path:
     return p
 
 
-def load_template(name_or_path: str | Path):
-    import jinja2
+class PromptTemplate:
+    """A sandboxed Jinja template read from `path`; `render(**variables)` -> text."""
 
-    path = template_path(name_or_path)
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
-    try:
-        return env.from_string(path.read_text(encoding="utf-8"))
-    except jinja2.TemplateSyntaxError as e:
-        raise ValueError(f"{path}: line {e.lineno}: {e.message}") from e
+    def __init__(self, path: Path):
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        self.path = path
+        env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+        try:
+            self._template = env.from_string(path.read_text(encoding="utf-8"))
+        except jinja2.TemplateSyntaxError as e:
+            raise ValueError(f"{path}: line {e.lineno}: {e.message}") from e
+
+    def render(self, **variables) -> str:
+        import jinja2
+
+        try:
+            return self._template.render(**variables)
+        except jinja2.exceptions.SecurityError as e:
+            raise ValueError(f"{self.path}: the template tried an unsafe operation ({e}); templates "
+                             "may only format their variables") from None
+        except jinja2.TemplateError as e:
+            raise ValueError(f"{self.path}: {type(e).__name__}: {e} (variables: "
+                             f"{', '.join(sorted(variables))})") from None
+
+
+def load_template(name_or_path: str | Path) -> PromptTemplate:
+    """The template named `name_or_path` (under configs/prompts/) or read from that file."""
+    return PromptTemplate(template_path(name_or_path))
 
 
 def split_conversation(prompt: str | list[dict]) -> tuple[list[dict], str]:
@@ -67,12 +92,12 @@ def split_conversation(prompt: str | list[dict]) -> tuple[list[dict], str]:
     return [dict(m) for m in prompt[:last]], prompt[last]["content"]
 
 
-def render(template, prompt: str | list[dict], responses: Sequence[str]) -> str:
+def render(template: PromptTemplate, prompt: str | list[dict], responses: Sequence[str]) -> str:
     """The GRM's user message for `prompt` and `responses` (in the order given)."""
     history, query = split_conversation(prompt)
     return template.render(history=history, query=query, responses=list(responses))
 
 
-def render_meta(template, grm_prompt: str, judgment: str) -> str:
+def render_meta(template: PromptTemplate, grm_prompt: str, judgment: str) -> str:
     """The meta RM's input: the GRM prompt and one sampled judgment."""
     return template.render(grm_prompt=grm_prompt, judgment=judgment)

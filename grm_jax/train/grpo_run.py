@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -146,6 +145,7 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
     from grm_jax.loading import load_any
     from grm_jax.sampling import Temperature, bucket, generate
     from grm_jax.sharding import batch_sharding
+    from grm_jax.hf import tokenizer_files
     from grm_jax.train.checkpoint import save_model
     from grm_jax.train.checkpointing import RunCheckpointer, config_json
     from grm_jax.train.loop import open_run, run_loop
@@ -232,6 +232,6 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
                f"measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s", "last": history[-1] if history else None}
     if status == "done":
         save_model(out / "final", state.params, model_cfg,
-                   tokenizer_files=[p for p in Path(tok_dir).iterdir() if p.is_file()])
+                   tokenizer_files=tokenizer_files(tok_dir))
         summary["final"] = str(out / "final")
     return summary, history

@@ -8,7 +8,6 @@ mean negative log-likelihood over all loss tokens of the batch.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Optional
 
 import jax.numpy as jnp
@@ -69,6 +68,7 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
     from grm_jax.data.pipeline import ShardedStream, collate, pad_length, read_sft, shard_of
     from grm_jax.sampling import bucket
     from grm_jax.sharding import batch_sharding
+    from grm_jax.hf import tokenizer_files
     from grm_jax.train.checkpoint import save_model
     from grm_jax.train.checkpointing import RunCheckpointer, config_json
     from grm_jax.train.loop import open_run, run_loop
@@ -118,7 +118,6 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
     summary = {"status": status, "steps": int(state.step), "examples": len(examples), "bad_rows": len(bad),
                "truncated": truncated, "last": history[-1] if history else None}
     if status == "done":
-        tok_files = [p for p in Path(tok_dir).iterdir() if p.is_file()]
-        save_model(out / "final", state.params, model_cfg, tokenizer_files=tok_files)
+        save_model(out / "final", state.params, model_cfg, tokenizer_files=tokenizer_files(tok_dir))
         summary["final"] = str(out / "final")
     return summary, state
