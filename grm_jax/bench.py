@@ -11,63 +11,14 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from grm_jax.flops import decode_bytes, forward_flops, peak_bandwidth, peak_flops
 from grm_jax.loading import is_hf_dir, load_any
-from grm_jax.models import Decoder, ModelConfig, dtype_of
+from grm_jax.models import Decoder, ModelConfig
 from grm_jax.rewards.endogenous import jitted_rewards
 from grm_jax.sampling import Greedy, generate
 from grm_jax.sharding import batch_sharding, mesh_from_spec
-
-# Dense bf16 peak FLOP/s by device kind (vendor figures, no sparsity).
-PEAK_FLOPS = {
-    "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
-    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
-}
-
-
-# Peak memory bandwidth in bytes/s by device kind (vendor figures).
-PEAK_BANDWIDTH = {
-    "NVIDIA H100 80GB HBM3": 3.35e12, "NVIDIA H100": 3.35e12, "NVIDIA H200": 4.8e12,
-    "NVIDIA A100-SXM4-80GB": 2.04e12, "NVIDIA A100-SXM4-40GB": 1.56e12,
-    "TPU v4": 1.2e12, "TPU v5 lite": 0.82e12, "TPU v5e": 0.82e12, "TPU v5p": 2.76e12,
-    "TPU v6 lite": 1.64e12, "TPU v6e": 1.64e12,
-}
-
-
-def forward_flops(cfg: ModelConfig, batch: int, length: int) -> float:
-    """Matmul FLOPs of one forward: 2 per weight per token, plus QK^T and PV over the full square."""
-    D, F, N, K, H, L, V = (cfg.embed_dim, cfg.mlp_dim, cfg.num_heads, cfg.num_kv_heads,
-                           cfg.head_dim, cfg.num_layers, cfg.vocab_size)
-    weights = L * (D * (N + 2 * K) * H + N * H * D + 3 * D * F) + D * V
-    tokens = batch * length
-    return 2.0 * weights * tokens + 4.0 * L * batch * length * length * N * H
-
-
-def peak_flops(device) -> float | None:
-    kind = getattr(device, "device_kind", "")
-    for name, peak in PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return peak * len(jax.devices())
-    return None
-
-
-_MATMUL_PEAK: list[float] = []
-
-
-def matmul_peak_flops(n: int = 2048) -> float:
-    """FLOP/s of a jitted n x n x n float32 matmul on the default device (best of 5): a measured
-    stand-in for the peak where no vendor figure exists (CPU)."""
-    if not _MATMUL_PEAK:
-        a = jnp.ones((n, n), jnp.float32)
-        f = jax.jit(lambda x: x @ x)
-        f(a).block_until_ready()
-        best = min(_timeit(lambda: f(a).block_until_ready(), 1) for _ in range(5))
-        _MATMUL_PEAK.append(2.0 * n ** 3 / best)
-    return _MATMUL_PEAK[0]
 
 
 def _timeit(fn, steps: int) -> float:
@@ -127,7 +78,7 @@ def bench_forward(model: str | Path, *, batch: int = 8, length: int = 512, dtype
     jax_s, torch_s = _alternate(run_jax, run_torch, steps, rounds)
     result = _report("forward", model, cfg, mesh, batch * length, jax_s, torch_s, batch=batch,
                      length=length, compile_s=round(compile_s, 2))
-    peak = peak_flops(jax.devices()[0])
+    peak = peak_flops(jax.devices()[0], len(jax.devices()))
     if peak:
         result["jax_mfu"] = forward_flops(cfg, batch, length) / statistics.median(jax_s) / peak
     return result
@@ -162,7 +113,7 @@ def bench_score(model: str | Path, *, batch: int = 8, length: int = 512, respons
     result = _report("score", model, cfg, mesh, batch * length, jax_s, torch_s, batch=batch, length=length,
                      response=response, chunk=chunk, compile_s=round(compile_s, 2),
                      baseline="transformers forward (all-position logits), no reward math")
-    peak = peak_flops(jax.devices()[0])
+    peak = peak_flops(jax.devices()[0], len(jax.devices()))
     if peak:
         result["jax_mfu"] = forward_flops(cfg, batch, length) / statistics.median(jax_s) / peak
     return result
@@ -195,27 +146,11 @@ def bench_generate(model: str | Path, *, batch: int = 8, prompt: int = 128, new_
                      prompt=prompt, new_tokens=new_tokens, compile_s=round(compile_s, 2))
     if run_torch:
         result["greedy_tokens_equal_fraction"] = same
-    bandwidth = bandwidth or peak_bandwidth(jax.devices()[0])
+    bandwidth = bandwidth or peak_bandwidth(jax.devices()[0], len(jax.devices()))
     if bandwidth:
         step_s = statistics.median(jax_s) / new_tokens  # prefill included: a lower bound
         result["jax_hbm_fraction"] = decode_bytes(cfg, batch, prompt + new_tokens) / step_s / bandwidth
     return result
-
-
-def decode_bytes(cfg: ModelConfig, batch: int, context: int) -> float:
-    """Bytes one decode step must read at least: every weight once, plus the KV cache."""
-    itemsize = np.dtype(dtype_of(cfg.param_dtype)).itemsize
-    kv = 2 * cfg.num_layers * batch * context * cfg.num_kv_heads * cfg.head_dim * np.dtype(dtype_of(cfg.dtype)).itemsize
-    weights = cfg.num_params() - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.embed_dim)
-    return weights * itemsize + kv / 2  # an untied embedding is only gathered; the cache: mean size
-
-
-def peak_bandwidth(device) -> float | None:
-    kind = getattr(device, "device_kind", "")
-    for name, bw in PEAK_BANDWIDTH.items():
-        if kind.startswith(name):
-            return bw * len(jax.devices())
-    return None
 
 
 def _load_torch(model_dir, dtype: str):

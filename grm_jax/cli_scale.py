@@ -56,16 +56,37 @@ def add_plan_parser(sub) -> None:
                     "fit (least tensor parallelism, then most data parallelism).\n\n"
                     f"accelerators: {', '.join(ACCELERATORS)}",
         epilog="examples:\n  grm-jax plan --config configs/paper/spct_gemma2_27b_grpo.yaml --accelerator tpu-v5p\n"
+               "  grm-jax plan --config configs/paper/spct_gemma2_27b_grpo.yaml --topology v5p:4x4x4\n"
                "  grm-jax plan --config configs/paper/spct_gemma2_27b_grpo.yaml --mesh fsdp=-1 --devices 64 "
                "--accelerator tpu-v5p\n  grm-jax plan --config C.yaml --mesh fsdp=8 model=Qwen/Qwen2.5-7B")
     s.add_argument("--config", required=True, help="a run config (YAML)")
     s.add_argument("--mesh", help="data=..,fsdp=..,tensor=.. (default: the config's mesh, else fsdp=-1)")
     s.add_argument("--devices", type=int, help="devices in the run (needed when an axis is -1)")
     s.add_argument("--accelerator", choices=sorted(ACCELERATORS), help="check the peak against this chip")
-    s.add_argument("--json", action="store_true", help="print the plan as JSON")
+    s.add_argument("--topology", metavar="NAME",
+                   help="also compile the run's programs for this TPU topology with XLA's TPU compiler "
+                        "(libtpu, on any CPU host), e.g. v5p:4x4x4, v5p:2x2x1, v5e:2x2, v6e:2x4; reports "
+                        "per-device bytes, fits, FLOPs with loop trip counts, model FLOPs and a roofline "
+                        "bound per program beside the shape-only estimate")
+    s.add_argument("--json", action="store_true", help="print the plan as JSON (with --topology: a 'programs' list)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. model=google/gemma-2-27b optim.grad_accum=16")
     s.set_defaults(fn=plan_command)
+
+
+def _compile_for_topology(kind, raw, model_cfg, topo, mesh_shape, plan, progress):
+    """Per-program compiler figures (JSON-able), each beside the shape-only estimate of its phase."""
+    from grm_jax.aot import build_programs, compile_programs, compiled_json, topology_mesh
+
+    mesh = topology_mesh(topo, mesh_shape)
+    results = compile_programs(build_programs(kind, raw, model_cfg, mesh), model_cfg, progress=progress)
+    estimates = plan.phase_bytes()
+    out = []
+    for r in results:
+        d = compiled_json(r, topo)
+        d["estimated_bytes"] = estimates.get(r.phase)
+        out.append(d)
+    return out
 
 
 def plan_command(args) -> int:
@@ -81,20 +102,38 @@ def plan_command(args) -> int:
         raise ValueError(f"{args.config}: no model (set model=DIR, a preset or a hub id)")
     kind = run_kind(raw)
     model_cfg, source = resolve_model_config(str(raw["model"]))
+    topo = None
+    if args.topology:
+        from grm_jax.aot import get_topology
+
+        topo = get_topology(args.topology)  # before any work: a missing libtpu is one clear line
+        args.devices = args.devices or len(topo.devices)
+        args.accelerator = args.accelerator or topo.chip
+        if args.devices != len(topo.devices):
+            raise ValueError(f"--devices {args.devices}, but topology {args.topology} has {len(topo.devices)}")
     mesh = full_mesh(args.mesh or raw.get("mesh") or "fsdp=-1", args.devices)
     plan = plan_run(kind, raw, mesh, model_cfg)
     suggestion = None
     if args.accelerator:
         suggestion = suggest_mesh(kind, raw, math.prod(mesh.values()), args.accelerator, model_cfg)
+    programs = None
+    if topo is not None:
+        programs = _compile_for_topology(kind, raw, model_cfg, topo, mesh, plan, progress=not args.json)
     if args.json:
         out = plan_json(plan, args.accelerator)
         out["model_config"] = source
         if args.accelerator:
             out["suggested_mesh"] = suggestion[0] if suggestion else None
+        if programs is not None:
+            out.update(topology=topo.name, programs=programs)
         print(json.dumps(out, indent=2))
         return 0
     print(f"model config: {source}")
     print(format_plan(plan, args.accelerator))
+    if programs is not None:
+        from grm_jax.aot import format_compiled
+
+        print(format_compiled(programs, topo, mesh))
     if args.accelerator:
         devices = math.prod(mesh.values())
         if suggestion is None:

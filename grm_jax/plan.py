@@ -27,16 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AbstractMesh
 
+from grm_jax.flops import CHIPS
 from grm_jax.models import ModelConfig, abstract_params, dtype_of, from_hf_config
 from grm_jax.models.decoder import CACHE_LOGICAL_NAMES, init_cache
 from grm_jax.sharding import MESH_AXES, RULES, follow_params, logical_to_spec, parse_mesh_spec
 
-# HBM per chip in bytes: what the driver reports for the GPUs (nvidia-smi: H100 SXM 81559 MiB,
-# H200 143771 MiB); the vendor's figure for the TPUs, read conservatively (GB = 1e9 bytes).
-ACCELERATORS = {
-    "tpu-v4": 32 * 2**30, "tpu-v5e": 16 * 10**9, "tpu-v5p": 95 * 10**9, "tpu-v6e": 32 * 10**9,
-    "h100": 81559 * 2**20, "h200": 143771 * 2**20,
-}
+# HBM per chip in bytes (grm_jax.flops.CHIPS says where each figure comes from).
+ACCELERATORS = {name: chip.hbm_bytes for name, chip in CHIPS.items()}
 USABLE = 0.9  # of HBM, leaving room for XLA's temporaries and fragmentation
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"

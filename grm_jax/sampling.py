@@ -156,17 +156,49 @@ def bucket(n: int, minimum: int = 16, step: int = 128) -> int:
     return -(-n // step) * step
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_new: int,
-              num_samples: int, stop: tuple[int, ...], pad_id: int, unroll: bool):
+class LoopState(NamedTuple):
+    """The decode loop's carry: `step` tokens written so far, the last token of each row, the
+    KV cache, which rows are done, their lengths, which stopped on a stop token, the output
+    buffers (tokens, log-probs), the RNG and each row's next position."""
+
+    step: jax.Array
+    token_R: jax.Array
+    cache: dict
+    done_R: jax.Array
+    length_R: jax.Array
+    stopped_R: jax.Array
+    out: tuple
+    rng: jax.Array
+    next_pos_R: jax.Array
+
+
+def sampler_parts(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_new: int,
+                  num_samples: int, stop: tuple[int, ...], pad_id: int, unroll: bool):
+    """The sampler as pure functions: `prefill(params, prompt_BT, mask_BT, rng) -> LoopState`
+    (the prompts into the cache, the first token picked), `step(params, state) -> state` (one
+    decode step: the while loop's body), `cond(state)` and `finish(state)` (the outputs). With
+    `unroll`, `params` are per-layer (`unstack_layers`). Split apart so `grm-jax plan` can
+    compile and cost the decode step on its own."""
     model = Decoder(config, mesh, unrolled=unroll)
 
     def constrain_cache(cache):
         return {k: constrain(v, CACHE_LOGICAL_NAMES[k], mesh) for k, v in cache.items()}
 
-    def run(params, prompt_BT, mask_BT, rng):
-        if unroll:
-            params = unstack_layers(params)  # one copy of the layer weights, outside the loop
+    stop_S = jnp.asarray(stop if stop else (-1,), jnp.int32)
+
+    def pick(step, logits_RV, done_R, out, rng):
+        tokens_RN, logp_RN = out
+        rng, sub = jax.random.split(rng)
+        token_R = strategy.choose(sub, logits_RV)
+        logp_R = jnp.take_along_axis(jax.nn.log_softmax(logits_RV, axis=-1), token_R[:, None], axis=-1)[:, 0]
+        token_R = jnp.where(done_R, pad_id, token_R)
+        logp_R = jnp.where(done_R, 0.0, logp_R)
+        tokens_RN = jax.lax.dynamic_update_slice_in_dim(tokens_RN, token_R[:, None], step, 1)
+        logp_RN = jax.lax.dynamic_update_slice_in_dim(logp_RN, logp_R[:, None], step, 1)
+        stops_R = jnp.isin(token_R, stop_S) & ~done_R
+        return token_R, (tokens_RN, logp_RN), done_R | stops_R, stops_R, rng
+
+    def prefill(params, prompt_BT, mask_BT, rng) -> LoopState:
         B, T = prompt_BT.shape
         R = B * num_samples
         positions_BT = positions_from_mask(mask_BT)
@@ -182,44 +214,49 @@ def _compiled(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_ne
                 "v": jnp.repeat(cache["v"], num_samples, axis=1),
                 "positions": jnp.repeat(cache["positions"], num_samples, axis=0),
                 "end": cache["end"]})
-        stop_S = jnp.asarray(stop if stop else (-1,), jnp.int32)
-
-        def pick(step, logits_RV, done_R, out, rng):
-            tokens_RN, logp_RN = out
-            rng, sub = jax.random.split(rng)
-            token_R = strategy.choose(sub, logits_RV)
-            logp_R = jnp.take_along_axis(jax.nn.log_softmax(logits_RV, axis=-1), token_R[:, None], axis=-1)[:, 0]
-            token_R = jnp.where(done_R, pad_id, token_R)
-            logp_R = jnp.where(done_R, 0.0, logp_R)
-            tokens_RN = jax.lax.dynamic_update_slice_in_dim(tokens_RN, token_R[:, None], step, 1)
-            logp_RN = jax.lax.dynamic_update_slice_in_dim(logp_RN, logp_R[:, None], step, 1)
-            stops_R = jnp.isin(token_R, stop_S) & ~done_R
-            return token_R, (tokens_RN, logp_RN), done_R | stops_R, stops_R, rng
-
         out = (jnp.full((R, max_new), pad_id, jnp.int32), jnp.zeros((R, max_new), jnp.float32))
         done_R = jnp.zeros((R,), bool)
-        length_R = jnp.zeros((R,), jnp.int32)
         token_R, out, new_done, _, rng = pick(0, logits_RV, done_R, out, rng)
-        length_R = length_R + 1
-        stopped_R = new_done
+        return LoopState(jnp.ones((), jnp.int32), token_R, cache, new_done, jnp.ones((R,), jnp.int32),
+                         new_done, out, rng, next_pos_R)
 
-        def cond(state):
-            step, _, _, done_R, *_ = state
-            return (step < max_new) & ~jnp.all(done_R)
+    def cond(state: LoopState):
+        return (state.step < max_new) & ~jnp.all(state.done_R)
 
-        def body(state):
-            step, token_R, cache, done_R, length_R, stopped_R, out, rng = state
-            pos_R = next_pos_R + step - 1
-            logits_R1V, cache = model.apply({"params": params}, token_R[:, None], pos_R[:, None], cache)
-            token_R, out, new_done, stops_R, rng = pick(step, logits_R1V[:, 0], done_R, out, rng)
-            length_R = length_R + (~done_R).astype(jnp.int32)
-            return step + 1, token_R, cache, new_done, length_R, stopped_R | stops_R, out, rng
+    def step(params, state: LoopState) -> LoopState:
+        pos_R = state.next_pos_R + state.step - 1
+        logits_R1V, cache = model.apply({"params": params}, state.token_R[:, None], pos_R[:, None], state.cache)
+        token_R, out, new_done, stops_R, rng = pick(state.step, logits_R1V[:, 0], state.done_R, state.out, state.rng)
+        length_R = state.length_R + (~state.done_R).astype(jnp.int32)
+        return LoopState(state.step + 1, token_R, cache, new_done, length_R, state.stopped_R | stops_R, out, rng,
+                         state.next_pos_R)
 
-        state = (jnp.ones((), jnp.int32), token_R, cache, new_done, length_R, stopped_R, out, rng)
-        _, _, _, _, length_R, stopped_R, (tokens_RN, logp_RN), _ = jax.lax.while_loop(cond, body, state)
+    def finish(state: LoopState):
+        tokens_RN, logp_RN = state.out
         # Rows stay split over the batch axes, so each process can read back its own rows.
-        return (constrain(tokens_RN, ("batch", None), mesh), constrain(length_R, ("batch",), mesh),
-                constrain(logp_RN, ("batch", None), mesh), constrain(stopped_R, ("batch",), mesh))
+        return (constrain(tokens_RN, ("batch", None), mesh), constrain(state.length_R, ("batch",), mesh),
+                constrain(logp_RN, ("batch", None), mesh), constrain(state.stopped_R, ("batch",), mesh))
+
+    return prefill, cond, step, finish
+
+
+def sampler_fn(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_new: int,
+               num_samples: int, stop: tuple[int, ...], pad_id: int, unroll: bool):
+    """The jitted sampler: fn(params, prompt_BT, mask_BT, rng) -> (tokens, lengths, logprobs, stopped)."""
+    return _compiled(config, mesh, strategy, int(max_new), int(num_samples), tuple(int(s) for s in stop),
+                     int(pad_id), bool(unroll))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_new: int,
+              num_samples: int, stop: tuple[int, ...], pad_id: int, unroll: bool):
+    prefill, cond, step, finish = sampler_parts(config, mesh, strategy, max_new, num_samples, stop, pad_id, unroll)
+
+    def run(params, prompt_BT, mask_BT, rng):
+        if unroll:
+            params = unstack_layers(params)  # one copy of the layer weights, outside the loop
+        state = jax.lax.while_loop(cond, lambda s: step(params, s), prefill(params, prompt_BT, mask_BT, rng))
+        return finish(state)
 
     return jax.jit(run)
 
@@ -283,8 +320,7 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *,
         shape = (B_pad * jax.process_count(), T)
         tokens = distributed.to_global(tokens, batch_sharding(mesh, shape))
         mask = distributed.to_global(mask, batch_sharding(mesh, shape))
-    fn = _compiled(config, mesh, strategy, int(max_new_tokens), int(num_samples),
-                   tuple(int(s) for s in stop_tokens), int(pad), bool(unroll_layers))
+    fn = sampler_fn(config, mesh, strategy, max_new_tokens, num_samples, stop_tokens, pad, unroll_layers)
     out = fn(params, tokens, mask, jax.random.key(seed))
     R = B * num_samples
     return Samples(*(distributed.to_local(a)[:R] for a in out))

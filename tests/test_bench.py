@@ -5,7 +5,7 @@
 
 import json
 
-from grm_jax.bench import decode_bytes, forward_flops
+from grm_jax.flops import decode_bytes, forward_flops
 from grm_jax.cli import main
 from grm_jax.hf import read_hf_config
 

@@ -59,7 +59,7 @@ def response_logprobs(q_BW, v_BW, count_B, alpha: float = 1.0) -> jax.Array:
 
 def endogenous_rewards(params, config: ModelConfig, tokens_BT, positions_BT, response_BT, *,
                        alpha: float = 1.0, chunk: int = 512, window: int | None = None,
-                       mesh: Mesh | None = None) -> dict:
+                       mesh: Mesh | None = None, unrolled: bool = False) -> dict:
     """All endogenous rewards of a padded batch from one forward.
 
     Args:
@@ -72,6 +72,7 @@ def endogenous_rewards(params, config: ModelConfig, tokens_BT, positions_BT, res
       window: static bound on the response tokens of any row (default T). The LM head runs over
         `window` positions per row, not over the prompt.
       mesh: device mesh for sharding constraints, or None.
+      unrolled: run the layers as a Python loop rather than a scan (see `next_token_stats`).
 
     Returns:
       {"sum": R [B], "mean": [B], "logprob": [B], "value": V(s_1) [B], "count": [B],
@@ -81,7 +82,8 @@ def endogenous_rewards(params, config: ModelConfig, tokens_BT, positions_BT, res
     starts_B = jnp.argmax(response_BT, axis=1)
     count_B = response_BT.sum(axis=1)
     q_BW, v_BW = next_token_stats(params, config, tokens_BT, positions_BT, alpha=alpha, chunk=chunk,
-                                  mesh=mesh, starts_B=starts_B, window=window or tokens_BT.shape[1])
+                                  mesh=mesh, starts_B=starts_B, window=window or tokens_BT.shape[1],
+                                  unrolled=unrolled)
     r_BW = token_rewards(q_BW, v_BW, count_B)
     total_B = r_BW.sum(axis=1)
     count_f = count_B.astype(jnp.float32)
@@ -96,10 +98,11 @@ def endogenous_rewards(params, config: ModelConfig, tokens_BT, positions_BT, res
 
 
 @functools.lru_cache(maxsize=16)
-def jitted_rewards(config: ModelConfig, mesh: Mesh | None, alpha: float = 1.0, chunk: int = 512):
-    """`endogenous_rewards` compiled per (config, mesh, α, chunk) and shape: fn(params, tokens,
-    positions, response, window) -> dict, `window` static."""
+def jitted_rewards(config: ModelConfig, mesh: Mesh | None, alpha: float = 1.0, chunk: int = 512,
+                   unrolled: bool = False):
+    """`endogenous_rewards` compiled per (config, mesh, α, chunk, unrolled) and shape: fn(params,
+    tokens, positions, response, window) -> dict, `window` static."""
     def run(params, tokens_BT, positions_BT, response_BT, window):
         return endogenous_rewards(params, config, tokens_BT, positions_BT, response_BT,
-                                  alpha=alpha, chunk=chunk, window=window, mesh=mesh)
+                                  alpha=alpha, chunk=chunk, window=window, mesh=mesh, unrolled=unrolled)
     return jax.jit(run, static_argnums=4)

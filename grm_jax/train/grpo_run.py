@@ -107,20 +107,44 @@ def make_reward_fn(cfg: GRPOConfig, tokenizer, model_cfg, reward_params, mesh):
                                                  for r in range(len(s.lengths))], np.float32)
 
     from grm_jax import distributed
-    from grm_jax.rewards.endogenous import endogenous_rewards
     from grm_jax.sampling import bucket
 
-    @functools.partial(jax.jit, static_argnums=4)
-    def fn(params, tokens, positions, mask, window):
-        return in_microbatches(lambda p, *xs: endogenous_rewards(p, model_cfg, *xs, chunk=cfg.chunk, window=window,
-                                                                 mesh=mesh)["sum"],
-                               cfg.optim.grad_accum)(params, tokens, positions, mask)
+    fn = endogenous_reward_program(model_cfg, cfg, mesh)
 
     def endogenous(prompts, s, batch):
         window = min(bucket(distributed.global_max(int(s.lengths.max()))), batch["tokens"].shape[1])
         out = fn(reward_params, batch["tokens"], batch["positions"], batch["mask"], window)
         return distributed.to_local(out)[:len(s.lengths)].astype(np.float32)
     return endogenous
+
+
+def endogenous_reward_program(model_cfg, cfg: GRPOConfig, mesh):
+    """jitted fn(params, tokens, positions, mask, window) -> the sequence reward of each row,
+    over `optim.grad_accum` microbatches; `window` (static) bounds the response length."""
+    from grm_jax.rewards.endogenous import endogenous_rewards
+
+    @functools.partial(jax.jit, static_argnums=4)
+    def fn(params, tokens, positions, mask, window):
+        return in_microbatches(lambda p, *xs: endogenous_rewards(p, model_cfg, *xs, chunk=cfg.chunk, window=window,
+                                                                 mesh=mesh, unrolled=cfg.unroll_layers)["sum"],
+                               cfg.optim.grad_accum)(params, tokens, positions, mask)
+    return fn
+
+
+def reference_program(model_cfg, cfg: GRPOConfig, mesh):
+    """jitted fn(params, tokens, positions) -> token log-probs under the frozen reference, over
+    `optim.grad_accum` microbatches."""
+    return jax.jit(in_microbatches(
+        lambda p, t, pos: token_logprobs(p, model_cfg, t, pos, chunk=cfg.chunk, mesh=mesh,
+                                         unrolled=cfg.unroll_layers), cfg.optim.grad_accum))
+
+
+def update_program(model_cfg, cfg: GRPOConfig, mesh, optimizer):
+    """The jitted GRPO update step(state, batch) -> (state, metrics)."""
+    from grm_jax.train.state import make_train_step
+
+    return make_train_step(grpo_loss_fn(model_cfg, cfg, mesh), grpo_normalizer, optimizer,
+                           grad_accum=cfg.optim.grad_accum)
 
 
 def in_microbatches(fn, count: int):
@@ -139,7 +163,7 @@ def in_microbatches(fn, count: int):
 
 def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = None, log=print):
     """Trains per `cfg`, resuming from OUT's last checkpoint; writes OUT/final when done."""
-    from grm_jax.bench import forward_flops, matmul_peak_flops, peak_flops
+    from grm_jax.flops import matmul_peak_flops, peak_flops, train_flops
     from grm_jax import distributed
     from grm_jax.data.pipeline import ShardedStream, shard_of
     from grm_jax.loading import load_any
@@ -150,7 +174,7 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
     from grm_jax.train.checkpointing import RunCheckpointer, config_json
     from grm_jax.train.loop import open_run, run_loop
     from grm_jax.train.optim import make_optimizer
-    from grm_jax.train.state import init_train_state, make_train_step
+    from grm_jax.train.state import init_train_state
 
     out, mesh, model_cfg, params, tok_dir, tokenizer = open_run(cfg.out, cfg.model, cfg.mesh, progress=progress)
     formatter = ChatFormatter(tokenizer, system_prompt=cfg.system_prompt)
@@ -170,12 +194,9 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
 
     optimizer = make_optimizer(dataclasses.replace(cfg.optim, total_steps=cfg.steps))
     state = init_train_state(params, optimizer, cfg.seed)
-    update = make_train_step(grpo_loss_fn(model_cfg, cfg, mesh), grpo_normalizer, optimizer,
-                             grad_accum=cfg.optim.grad_accum)
-    ref_logp = jax.jit(in_microbatches(
-        lambda p, t, pos: token_logprobs(p, model_cfg, t, pos, chunk=cfg.chunk, mesh=mesh,
-                                         unrolled=cfg.unroll_layers), cfg.optim.grad_accum))
-    peak = peak_flops(jax.devices()[0]) or matmul_peak_flops()
+    update = update_program(model_cfg, cfg, mesh, optimizer)
+    ref_logp = reference_program(model_cfg, cfg, mesh)
+    peak = peak_flops(jax.devices()[0], len(jax.devices())) or matmul_peak_flops()
     shards = {s: [p for p in prompts if shard_of(p.row, S) == s] for s in owned}
     stream = ShardedStream(shards, cfg.prompts_per_step, S, seed=cfg.seed)
     G = cfg.group_size
@@ -207,7 +228,7 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
         m = jax.device_get(m)
         t4 = time.perf_counter()
         R, T = batch["tokens"].shape
-        flops = 3 * forward_flops(model_cfg, R, T) * cfg.inner_iters
+        flops = train_flops(model_cfg, R, T) * cfg.inner_iters
         # Rewards, lengths and stops of the whole global batch, in process order.
         rewards, lengths, stopped = (distributed.allgather(x).reshape(-1) for x in
                                      (rewards, s.lengths.astype(np.float32), s.stopped))

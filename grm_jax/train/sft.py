@@ -59,6 +59,14 @@ class SFTConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
 
 
+def sft_step_program(model_cfg: ModelConfig, cfg: SFTConfig, mesh: Mesh | None, optimizer):
+    """The jitted SFT train step(state, batch) -> (state, metrics)."""
+    from grm_jax.train.state import make_train_step
+
+    return make_train_step(sft_loss_fn(model_cfg, chunk=cfg.chunk, mesh=mesh, unrolled=cfg.unroll_layers,
+                                       remat=cfg.remat), sft_normalizer, optimizer, grad_accum=cfg.optim.grad_accum)
+
+
 def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = None, log=print):
     """Trains per `cfg`, resuming from the run directory's last checkpoint; at the end writes the
     model as a grm-jax checkpoint in OUT/final. Returns (summary, final train state)."""
@@ -73,7 +81,7 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
     from grm_jax.train.checkpointing import RunCheckpointer, config_json
     from grm_jax.train.loop import open_run, run_loop
     from grm_jax.train.optim import make_optimizer
-    from grm_jax.train.state import init_train_state, make_train_step
+    from grm_jax.train.state import init_train_state
 
     out, mesh, model_cfg, params, tok_dir, tokenizer = open_run(cfg.out, cfg.model, cfg.mesh, progress=progress)
     formatter = ChatFormatter(tokenizer, system_prompt=cfg.system_prompt,
@@ -96,10 +104,7 @@ def run_sft(cfg: SFTConfig, *, progress: bool = True, stop_after: int | None = N
         streams.append(ShardedStream(lengths, cfg.batch_size, S, seed=cfg.seed, collate_fn=max))
     optimizer = make_optimizer(dataclasses.replace(cfg.optim, total_steps=cfg.steps))  # schedule spans the run
     state = init_train_state(params, optimizer, cfg.seed)
-    step_fn = make_train_step(sft_loss_fn(model_cfg, chunk=cfg.chunk, mesh=mesh, unrolled=cfg.unroll_layers,
-                                       remat=cfg.remat),
-                              sft_normalizer, optimizer,
-                              grad_accum=cfg.optim.grad_accum)
+    step_fn = sft_step_program(model_cfg, cfg, mesh, optimizer)
 
     def batches():
         for b in stream:

@@ -1,0 +1,462 @@
+"""`grm-jax plan --topology`: the run's own programs, compiled by XLA's TPU compiler for an
+abstract TPU topology on any CPU host (libtpu installed, JAX_PLATFORMS=cpu).
+
+The programs are the jitted functions the run executes (`sft_step_program`, the sampler,
+`reference_program`, `endogenous_reward_program`, `update_program`, `jitted_rewards`), lowered
+with the run's mesh, shardings, dtypes and shapes. Per program the compiler reports per-device
+argument / output / temp bytes (`memory_analysis`) and FLOPs and bytes accessed
+(`cost_analysis`).
+
+Cost analysis counts a while loop's body once, and the runs have three kinds of loop: the
+scanned layer stack, gradient-accumulation microbatches and the decode loop. FLOPs and bytes are
+therefore taken from small companion programs with the layers unrolled: one microbatch on 1
+and 2 layers of the first layer kind (and 1 layer of the other kind, for models that mix full
+and sliding layers), extrapolated linearly to the model's layer counts, times the microbatch
+count; the sampler is its prefill plus (max_new_tokens − 1) decode steps, each compiled on its
+own. (The optimizer update is counted once per microbatch: under 0.1% of a step at these sizes.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from grm_jax import flops as F
+from grm_jax.models import ModelConfig, abstract_params
+from grm_jax.models.config import FULL, SLIDING
+from grm_jax.sharding import batch_sharding, follow_params, make_mesh, tree_shardings
+
+LIBTPU_HINT = ("compiling for a TPU topology needs libtpu, which runs on a CPU-only host: "
+               "pip install 'grm-jax[tpu]' (or: pip install libtpu)")
+
+
+class TopologyError(RuntimeError):
+    """The topology cannot be had (no libtpu, or a name libtpu does not know)."""
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """libtpu writes start-up warnings meant for a real TPU VM to fd 2; keep them unless it fails."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield f
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str
+    devices: tuple
+    chip: str                  # a grm_jax.flops.CHIPS name
+    devices_per_chip: int
+
+    @property
+    def per_device(self) -> F.Chip:
+        """The chip's figures per JAX device (a v4 chip shows two)."""
+        c = F.CHIPS[self.chip]
+        n = self.devices_per_chip
+        return F.Chip(c.peak_flops / n, c.hbm_bandwidth / n, c.hbm_bytes // n, c.device_kinds)
+
+
+def get_topology(name: str) -> Topology:
+    """The abstract devices of a TPU topology such as 'v5p:4x4x4', 'v5e:2x2' or 'v6e:2x4'."""
+    import importlib.util
+
+    if importlib.util.find_spec("libtpu") is None:
+        raise TopologyError(LIBTPU_HINT)
+    from jax.experimental import topologies
+
+    # Nothing runs on a chip here, so several compiling processes need not exclude each other.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    with _quiet_stderr() as err:
+        try:
+            desc = topologies.get_topology_desc(topology_name=name, platform="tpu")
+        except Exception as e:  # libtpu raises XlaRuntimeError / ValueError for unknown names
+            err.seek(0)
+            raise TopologyError(f"topology {name!r}: {str(e).splitlines()[0]} (expected e.g. v5p:4x4x4, "
+                                "v5e:2x2, v6e:2x4, v4:2x2x1)") from None
+    devices = tuple(desc.devices)
+    chip = F.chip_name(devices[0].device_kind)
+    if chip is None:
+        raise TopologyError(f"topology {name!r}: unknown TPU kind {devices[0].device_kind!r}")
+    dims = name.partition(":")[2]
+    chips = math.prod(int(d) for d in dims.split("x")) if dims else len(devices)
+    return Topology(name, devices, chip, max(1, len(devices) // chips))
+
+
+# ---- abstract inputs ------------------------------------------------------------------------
+
+def _sds(shape, dtype, sharding):
+    return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
+
+
+def abstract_sharded_params(cfg: ModelConfig, mesh: Mesh):
+    abstract, names = abstract_params(cfg)
+    shardings = tree_shardings(names, abstract, mesh)
+    return jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, shardings), names
+
+
+def _unstacked(params, names, mesh: Mesh):
+    """Abstract per-layer params (what the unrolled sampler reads) with their own shardings."""
+    from grm_jax.models.decoder import unstack_layers
+
+    abstract = jax.eval_shape(unstack_layers, params)
+    layer_names = jax.tree.map(lambda n: n[1:], names["layers"], is_leaf=_is_names)
+    out_names = {k: v for k, v in names.items() if k != "layers"}
+    for key in abstract:
+        if key.startswith("layer_"):
+            out_names[key] = layer_names
+    shardings = tree_shardings(out_names, abstract, mesh)
+    return jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, shardings)
+
+
+def _is_names(x) -> bool:
+    return type(x) is tuple and all(isinstance(n, (str, type(None))) for n in x)
+
+
+def abstract_train_state(params, optimizer, mesh: Mesh):
+    from grm_jax.train.state import TrainState
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt = jax.eval_shape(optimizer.init, params)
+    shardings = follow_params(opt, params, jax.tree.map(lambda x: x.sharding, params), replicated)
+    opt = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), opt, shardings)
+    return TrainState(params, opt, _sds((), jnp.int32, replicated), _sds((2,), jnp.uint32, replicated))
+
+
+def _batch(mesh: Mesh, rows: int, length: int, **dtypes) -> dict:
+    return {k: _sds((rows, length), d, batch_sharding(mesh, (rows, length))) for k, d in dtypes.items()}
+
+
+def tree_bytes(tree) -> int:
+    """Largest per-device bytes of a pytree of sharded ShapeDtypeStructs."""
+    from grm_jax.sharding import bytes_per_device
+
+    return bytes_per_device(tree, [x.sharding for x in jax.tree.leaves(tree)])
+
+
+# ---- the run's programs ---------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Program:
+    """One jitted program of a run with its abstract arguments.
+
+    `resident` are the bytes per device of other state that stays in HBM while it runs (the
+    reference params during the update, say). `cost_parts(cfg)` rebuilds it for the FLOP count
+    on a model config with fewer layers: [(jitted fn, args, times it runs)] with the layers
+    unrolled and one microbatch.
+    """
+
+    name: str
+    phase: str
+    fn: Callable
+    args: tuple
+    model_flops: float          # per device
+    resident: int
+    cost_parts: Callable[[ModelConfig], list]
+    static: tuple = ()          # static arguments, passed after args
+
+
+def _micro(rows: int, accum: int) -> int:
+    return rows // accum
+
+
+def _companion(run, length: int):
+    """A run config for a cost companion: unrolled layers, one LM-head chunk, one microbatch."""
+    return dataclasses.replace(run, unroll_layers=True, chunk=length,
+                               optim=dataclasses.replace(run.optim, grad_accum=1))
+
+
+def build_programs(kind: str, raw: dict, cfg: ModelConfig, mesh: Mesh) -> list[Program]:
+    """The programs a run of `kind` ('sft', 'grpo', 'score') executes, from its config dict."""
+    n_dev = mesh.devices.size
+    params, names = abstract_sharded_params(cfg, mesh)
+    if kind == "sft":
+        return _sft_programs(raw, cfg, mesh, params, n_dev)
+    if kind == "grpo":
+        return _grpo_programs(raw, cfg, mesh, params, names, n_dev)
+    if kind == "score":
+        return _score_programs(raw, cfg, mesh, params, n_dev)
+    raise ValueError(f"unknown run kind {kind!r}")
+
+
+def _run_config(cls, raw: dict):
+    """The run's typed config from its YAML dict; paths it does not need to compile may be unset."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    keep = {k: v for k, v in raw.items() if k in fields}
+    for key in ("model", "data", "out"):
+        if key in fields and keep.get(key) in (None, "???"):
+            keep[key] = "unset"
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), keep))
+    except OmegaConfBaseException as e:
+        raise ValueError(f"config: {str(e).splitlines()[0]}") from None
+
+
+def _sft_programs(raw, cfg, mesh, params, n_dev):
+    from grm_jax.sampling import bucket
+    from grm_jax.train.optim import make_optimizer
+    from grm_jax.train.sft import SFTConfig, sft_step_program
+
+    run = _run_config(SFTConfig, raw)
+    B, T, accum = run.batch_size, bucket(run.max_length), run.optim.grad_accum
+    optimizer = make_optimizer(run.optim)
+
+    def step_for(c: ModelConfig, rows: int, companion: bool):
+        r = _companion(run, T) if companion else run
+        p, _ = abstract_sharded_params(c, mesh)
+        state = abstract_train_state(p, optimizer, mesh)
+        batch = _batch(mesh, rows, T, tokens=jnp.int32, positions=jnp.int32, loss_mask=jnp.int32)
+        return sft_step_program(c, r, mesh, optimizer), (state, batch)
+
+    fn, args = step_for(cfg, B, False)
+    return [Program("sft train step", "update", fn, args, F.train_flops(cfg, B, T) / n_dev, 0,
+                    lambda c: [(*step_for(c, _micro(B, accum), True), accum)])]
+
+
+def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
+    from grm_jax.sampling import Temperature, bucket, sampler_fn, sampler_parts
+    from grm_jax.train.grpo import GRPOConfig
+    from grm_jax.train.grpo_run import endogenous_reward_program, reference_program, update_program
+    from grm_jax.train.optim import make_optimizer
+
+    run = _run_config(GRPOConfig, raw)
+    P, G, accum = run.prompts_per_step, run.group_size, run.optim.grad_accum
+    R, T_p, new = P * G, bucket(run.max_prompt_length), run.max_new_tokens
+    T = bucket(run.max_prompt_length + new)
+    optimizer = make_optimizer(run.optim)
+    state = abstract_train_state(params, optimizer, mesh)
+    p_bytes, opt_bytes = tree_bytes(params), tree_bytes(state.opt_state)
+    reward_model = run.reward == "endogenous" and bool(run.reward_model)
+    extra = p_bytes if reward_model else 0  # a separate endogenous reward model stays loaded
+    strategy, stop, pad = Temperature(run.temperature), (0,), 0
+    replicated = NamedSharding(mesh, PartitionSpec())
+    rng = _sds((), jax.random.key(0).dtype, replicated)
+    prompts = _batch(mesh, P, T_p, tokens=jnp.int32, mask=jnp.int32)
+
+    def sampler_cost(c: ModelConfig):
+        p, n = abstract_sharded_params(c, mesh)
+        prefill, _, step, _ = sampler_parts(c, mesh, strategy, new, G, stop, pad, True)
+        up = _unstacked(p, n, mesh)
+        first = _compile(jax.jit(prefill), (up, prompts["tokens"], prompts["mask"], rng))
+        # The decode step's input is the loop state as the prefill leaves it, shardings included.
+        state0 = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s),
+                              jax.eval_shape(prefill, up, prompts["tokens"], prompts["mask"], rng),
+                              first.output_shardings)
+        return [(first, None, 1), (jax.jit(step), (up, state0), new - 1)]
+
+    def ref_for(c: ModelConfig, companion: bool, rows: int):
+        r = _companion(run, T) if companion else run
+        p, _ = abstract_sharded_params(c, mesh)
+        b = _batch(mesh, rows, T, tokens=jnp.int32, positions=jnp.int32)
+        return reference_program(c, r, mesh), (p, b["tokens"], b["positions"])
+
+    def reward_for(c: ModelConfig, companion: bool, rows: int):
+        r = _companion(run, T) if companion else run
+        p, _ = abstract_sharded_params(c, mesh)
+        b = _batch(mesh, rows, T, tokens=jnp.int32, positions=jnp.int32, mask=jnp.int32)
+        return endogenous_reward_program(c, r, mesh), (p, b["tokens"], b["positions"], b["mask"])
+
+    def update_for(c: ModelConfig, companion: bool, rows: int):
+        r = _companion(run, T) if companion else run
+        p, _ = abstract_sharded_params(c, mesh)
+        s = abstract_train_state(p, optimizer, mesh)
+        b = _batch(mesh, rows, T, tokens=jnp.int32, positions=jnp.int32, mask=jnp.int32, old_logp=jnp.float32,
+                   ref_logp=jnp.float32)
+        b["adv"] = _sds((rows,), jnp.float32, batch_sharding(mesh, (rows,)))
+        return update_program(c, r, mesh, optimizer), (s, b)
+
+    sample_fn = sampler_fn(cfg, mesh, strategy, new, G, stop, pad, run.unroll_layers)
+    decode_flops = sum(F.forward_flops(cfg, R, 1, keys=T_p + i) for i in range(1, new))
+    programs = [Program(
+        "grpo sample (prefill + decode loop)", "sampling", sample_fn, (params, prompts["tokens"], prompts["mask"], rng),
+        (F.forward_flops(cfg, P, T_p) + decode_flops) / n_dev, p_bytes + opt_bytes + extra, sampler_cost)]
+    ref = ref_for(cfg, False, R)
+    programs.append(Program("grpo reference log-probs", "reference/reward forward", *ref,
+                            F.forward_flops(cfg, R, T) / n_dev, p_bytes + opt_bytes + extra,
+                            lambda c: [(*ref_for(c, True, _micro(R, accum)), accum)]))
+    if run.reward == "endogenous":
+        rew = reward_for(cfg, False, R)
+        programs.append(Program("grpo endogenous reward", "reference/reward forward", *rew,
+                                F.forward_flops(cfg, R, T) / n_dev, 2 * p_bytes + opt_bytes - (0 if extra else p_bytes),
+                                lambda c: [(*reward_for(c, True, _micro(R, accum)), accum, (T,))], static=(T,)))
+    upd = update_for(cfg, False, R)
+    programs.append(Program("grpo update step", "update", *upd, F.train_flops(cfg, R, T) * run.inner_iters / n_dev,
+                            p_bytes + extra, lambda c: [(*update_for(c, True, _micro(R, accum)), accum)]))
+    return programs
+
+
+def _score_programs(raw, cfg, mesh, params, n_dev):
+    from grm_jax.rewards.endogenous import jitted_rewards
+    from grm_jax.sampling import bucket
+
+    multiple = mesh.shape["data"] * mesh.shape["fsdp"]
+    B = -(-int(raw.get("batch_size", 8)) // multiple) * multiple
+    T = bucket(int(raw.get("max_length", 2048)))
+    alpha, chunk = float(raw.get("alpha", 1.0)), int(raw.get("chunk", 512))
+
+    def forward_for(c: ModelConfig, companion: bool):
+        p, _ = abstract_sharded_params(c, mesh)
+        b = _batch(mesh, B, T, tokens=jnp.int32, positions=jnp.int32, loss_mask=jnp.int32)
+        fn = jitted_rewards(c, mesh, alpha, T, True) if companion else jitted_rewards(c, mesh, alpha, chunk)
+        return fn, (p, b["tokens"], b["positions"], b["loss_mask"])
+
+    fn, args = forward_for(cfg, False)
+    return [Program("score forward (endogenous rewards)", "forward", fn, args, F.forward_flops(cfg, B, T) / n_dev, 0,
+                    lambda c: [(*forward_for(c, True), 1, (T,))], static=(T,))]
+
+
+# ---- compiling and costing ------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Compiled:
+    name: str
+    phase: str
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    resident_bytes: int
+    compile_seconds: float
+    flops: float
+    bytes_accessed: float
+    model_flops: float
+    error: str | None = None
+
+    @property
+    def program_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return self.program_bytes + self.resident_bytes
+
+
+def _compile(fn, args, static=()):
+    lowered = fn.lower(*args, *static)
+    with _quiet_stderr():
+        return lowered.compile()
+
+
+def _cost(fn, args, static=()) -> tuple[float, float]:
+    """(FLOPs, bytes accessed) per device; `fn` may be an already compiled program (args None)."""
+    compiled = fn if args is None else _compile(fn, args, static)
+    c = compiled.cost_analysis()
+    c = c[0] if isinstance(c, (list, tuple)) else c
+    return float(c.get("flops", 0.0)), float(c.get("bytes accessed", 0.0))
+
+
+def layer_variants(cfg: ModelConfig) -> list[tuple[ModelConfig, dict]]:
+    """Small configs and how their costs combine: [(config, {"base": a, kind: b, ...})] such that
+    cost(model) = Σ_v cost(v) · (a + Σ_kind b · layers of that kind)."""
+    kinds = cfg.kinds
+    first = kinds[0]
+    other = SLIDING if first == FULL else FULL
+    n_first, n_other = kinds.count(first), kinds.count(other)
+
+    def variant(types):
+        return cfg.replace(num_layers=len(types), layer_types=tuple(types) if cfg.layer_types else ())
+    # A = cost(1 first) = c0 + c_f, B = cost(2 first) = c0 + 2 c_f, C = cost(1 other) = c0 + c_o, so
+    # c_f = B - A, c0 = 2A - B, c_o = C - 2A + B and the model's c0 + n_f c_f + n_o c_o is
+    # (2 - n_f - 2 n_o)·A + (n_f + n_o - 1)·B + n_o·C.
+    out = [(variant([first]), 2 - n_first - 2 * n_other), (variant([first, first]), n_first + n_other - 1)]
+    if n_other:
+        out.append((variant([other]), n_other))
+    return out
+
+
+def program_cost(p: Program, cfg: ModelConfig) -> tuple[float, float]:
+    """(FLOPs, bytes accessed) per device of one run of `p`, loops counted."""
+    total_f = total_b = 0.0
+    for variant, weight in layer_variants(cfg):
+        for part in p.cost_parts(variant):
+            fn, args, times = part[:3]
+            static = part[3] if len(part) > 3 else ()
+            f, b = _cost(fn, args, static)
+            total_f += weight * times * f
+            total_b += weight * times * b
+    return total_f, total_b
+
+
+def compile_programs(programs: list[Program], cfg: ModelConfig, *, progress: bool = True) -> list[Compiled]:
+    from tqdm.auto import tqdm
+
+    out = []
+    for p in tqdm(programs, desc="compiling", unit="program", disable=not progress):
+        t0 = time.perf_counter()
+        try:
+            compiled = _compile(p.fn, p.args, p.static)
+        except Exception as e:  # the TPU compiler's own verdict, e.g. RESOURCE_EXHAUSTED
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            out.append(Compiled(p.name, p.phase, 0, 0, 0, 0, p.resident, time.perf_counter() - t0, 0.0, 0.0,
+                                p.model_flops, error=msg[:500]))
+            continue
+        seconds = time.perf_counter() - t0
+        m = compiled.memory_analysis()
+        flops, nbytes = program_cost(p, cfg)
+        out.append(Compiled(p.name, p.phase, int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
+                            int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), p.resident, seconds,
+                            flops, nbytes, p.model_flops))
+    return out
+
+
+def compiled_json(c: Compiled, topo: Topology) -> dict:
+    chip = topo.per_device
+    d = {"name": c.name, "phase": c.phase, "compile_seconds": round(c.compile_seconds, 2)}
+    if c.error:
+        return {**d, "error": c.error, "fits": False, "total_bytes": None, "flops": None,
+                "model_flops": c.model_flops, "seconds_lower_bound": None}
+    return {**d, "argument_bytes": c.argument_bytes, "output_bytes": c.output_bytes, "alias_bytes": c.alias_bytes,
+            "temp_bytes": c.temp_bytes, "program_bytes": c.program_bytes, "resident_bytes": c.resident_bytes,
+            "total_bytes": c.total_bytes, "hbm_bytes": chip.hbm_bytes, "fits": c.total_bytes <= chip.hbm_bytes,
+            "flops": c.flops, "bytes_accessed": c.bytes_accessed, "model_flops": c.model_flops,
+            "flop_ratio": c.flops / c.model_flops if c.model_flops else None,
+            "seconds_lower_bound": F.roofline_seconds(c.flops, c.bytes_accessed, chip)}
+
+
+def format_compiled(results: list[dict], topo: Topology, mesh_shape: dict) -> str:
+    gib = 2**30
+    chip = topo.per_device
+    mesh = ",".join(f"{k}={v}" for k, v in mesh_shape.items())
+    lines = [f"compiled for {topo.name} ({len(topo.devices)} x {topo.chip}, {chip.hbm_bytes / gib:.1f} GiB HBM, "
+             f"{chip.peak_flops / 1e12:.0f} TFLOP/s, {chip.hbm_bandwidth / 1e12:.2f} TB/s per device) on mesh {mesh}:",
+             f"  {'program':<38} {'args':>8} {'temp':>8} {'+other':>8} {'total':>8} {'estim.':>8}  fits  "
+             f"{'TFLOP':>8} {'ratio':>6} {'bound s':>9} {'compile':>8}"]
+    for r in results:
+        if r.get("error"):
+            lines.append(f"  {r['name']:<38} did not compile: {r['error']}")
+            continue
+        lines.append(
+            f"  {r['name']:<38} {r['argument_bytes'] / gib:7.2f}G {r['temp_bytes'] / gib:7.2f}G "
+            f"{r['resident_bytes'] / gib:7.2f}G {r['total_bytes'] / gib:7.2f}G "
+            f"{(r.get('estimated_bytes') or 0) / gib:7.2f}G  {'yes' if r['fits'] else 'NO ':<4} "
+            f"{r['flops'] / 1e12:8.2f} {r['flop_ratio']:6.2f} {r['seconds_lower_bound']:9.4f} {r['compile_seconds']:7.1f}s")
+    lines.append("  (per device; total = args + outputs - donated + temp + other state resident meanwhile; estim. = "
+                 "the shape-only plan's figure for the program's phase; TFLOP with loop trip counts; ratio = "
+                 "compiled / model FLOPs; bound = roofline lower bound)")
+    return "\n".join(lines)
+
+
+def topology_mesh(topo: Topology, mesh_shape: dict) -> Mesh:
+    if math.prod(mesh_shape.values()) != len(topo.devices):
+        raise ValueError(f"mesh {mesh_shape} has {math.prod(mesh_shape.values())} devices; topology "
+                         f"{topo.name} has {len(topo.devices)}")
+    return make_mesh(**mesh_shape, devices=list(topo.devices))
+
+

@@ -1,0 +1,92 @@
+"""The run's programs compiled for a TPU topology by XLA's TPU compiler (libtpu, on this CPU host).
+
+libtpu comes with the test extra (jax[tpu]); nothing here runs on a chip.
+"""
+
+import importlib.util
+import json
+
+import pytest
+
+from grm_jax import aot
+from grm_jax.cli import main
+from grm_jax.hf.tiny import tiny_hf_config
+from grm_jax.models import from_hf_config
+
+TOPOLOGY = "v5e:2x2"
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """A model config big enough that activations, not fixed overheads, dominate (no weights)."""
+    d = tmp_path_factory.mktemp("aot") / "qwen2-small"
+    tiny_hf_config("qwen2", hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                   num_key_value_heads=2, vocab_size=4096, max_position_embeddings=4096).save_pretrained(d)
+    return d
+
+
+def _yaml(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def _plan(capsys, *args):
+    assert main(["plan", *args, "--topology", TOPOLOGY, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_libtpu_is_installed_with_the_test_extra():
+    assert importlib.util.find_spec("libtpu") is not None, "pip install -e '.[test]' brings jax[tpu]"
+
+
+def test_sft_and_grpo_compile_with_compiler_figures(tmp_path, small_model, capsys):
+    sft = _yaml(tmp_path / "sft.yaml", f"model: {small_model}\nsteps: 10\nbatch_size: 16\nmax_length: 1024\n"
+                                       "optim:\n  grad_accum: 2\n")
+    grpo = _yaml(tmp_path / "grpo.yaml", f"model: {small_model}\nreward: endogenous\nprompts_per_step: 8\n"
+                                         "group_size: 4\nmax_new_tokens: 128\nmax_prompt_length: 512\n"
+                                         "optim:\n  grad_accum: 2\n")
+    programs = _plan(capsys, "--config", sft)["programs"] + _plan(capsys, "--config", grpo)["programs"]
+    assert [p["name"] for p in programs] == [
+        "sft train step", "grpo sample (prefill + decode loop)", "grpo reference log-probs",
+        "grpo endogenous reward", "grpo update step"]
+    for p in programs:
+        assert p["fits"] and p["total_bytes"] >= p["program_bytes"] > 0 and p["temp_bytes"] > 0
+        assert p["total_bytes"] == (p["argument_bytes"] + p["output_bytes"] - p["alias_bytes"] + p["temp_bytes"]
+                                    + p["resident_bytes"])
+        assert p["seconds_lower_bound"] > 0 and p["model_flops"] > 0
+        # FLOPs with every loop counted (layers, microbatches, decode steps) come near the model's.
+        assert 0.7 < p["flop_ratio"] < 1.5, p
+    by_name = {p["name"]: p for p in programs}
+    # The stated tolerance of the shape-only plan: within 15% of the compiler for the train steps
+    # (what sets a run's peak), an upper bound for the forward-only programs.
+    for name in ("sft train step", "grpo update step"):
+        assert 0.85 < by_name[name]["estimated_bytes"] / by_name[name]["total_bytes"] < 1.15, by_name[name]
+    for name in ("grpo sample (prefill + decode loop)", "grpo reference log-probs", "grpo endogenous reward"):
+        assert by_name[name]["estimated_bytes"] >= by_name[name]["total_bytes"], by_name[name]
+
+
+def test_loop_counted_flops_equal_a_fully_unrolled_compile(tmp_path):
+    """Companions on 1 and 2 layers (+1 of the other kind) extrapolate to the whole model: equal to
+    compiling it with every layer unrolled, also for Gemma 2's alternating sliding/full layers."""
+    topo = aot.get_topology(TOPOLOGY)
+    mesh = aot.topology_mesh(topo, {"data": 1, "fsdp": 4, "tensor": 1})
+    for family, kind in (("qwen2", "score"), ("gemma2", "sft"), ("gemma2", "score")):
+        tiny_hf_config(family).save_pretrained(tmp_path / family)
+        cfg = from_hf_config(tmp_path / family / "config.json")
+        raw = {"model": str(tmp_path / family), "batch_size": 8, "max_length": 256}
+        for program in aot.build_programs(kind, raw, cfg, mesh):
+            flops, _ = aot.program_cost(program, cfg)
+            direct = sum(aot._cost(fn, args, *rest[1:])[0] * rest[0] for fn, args, *rest in program.cost_parts(cfg))
+            assert abs(flops / direct - 1) < 0.01, (family, program.name, flops, direct)
+
+
+def test_without_libtpu_one_clear_line(tmp_path, small_model, capsys, monkeypatch):
+    config = _yaml(tmp_path / "score.yaml", f"model: {small_model}\nbatch_size: 8\nmax_length: 512\n")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real(name, *a))
+    assert main(["plan", "--config", config, "--topology", TOPOLOGY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs libtpu" in err and "pip install" in err
+    monkeypatch.undo()
+    assert main(["plan", "--config", config, "--topology", "v9z:1x1"]) == 2
+    assert "topology 'v9z:1x1'" in capsys.readouterr().err
