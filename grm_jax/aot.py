@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from grm_jax import flops as F
 from grm_jax.models import ModelConfig, abstract_params
 from grm_jax.models.config import FULL, SLIDING
-from grm_jax.sharding import batch_sharding, follow_params, make_mesh, tree_shardings
+from grm_jax.sharding import _is_names, batch_sharding, follow_params, make_mesh, tree_shardings
 
 LIBTPU_HINT = ("compiling for a TPU topology needs libtpu, which runs on a CPU-only host: "
                "pip install 'grm-jax[tpu]' (or: pip install libtpu)")
@@ -121,10 +121,6 @@ def _unstacked(params, names, mesh: Mesh):
             out_names[key] = layer_names
     shardings = tree_shardings(out_names, abstract, mesh)
     return jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, shardings)
-
-
-def _is_names(x) -> bool:
-    return type(x) is tuple and all(isinstance(n, (str, type(None))) for n in x)
 
 
 def abstract_train_state(params, optimizer, mesh: Mesh):
