@@ -137,6 +137,15 @@ def _batch(mesh: Mesh, rows: int, length: int, **dtypes) -> dict:
     return {k: _sds((rows, length), d, batch_sharding(mesh, (rows, length))) for k, d in dtypes.items()}
 
 
+def cache_bytes(cfg: ModelConfig, mesh: Mesh, rows: int, length: int) -> int:
+    """Per-device bytes of the sampler's KV cache for `rows` x `length`."""
+    from grm_jax.models.decoder import CACHE_LOGICAL_NAMES, init_cache
+
+    shapes = jax.eval_shape(lambda: init_cache(cfg, rows, length))
+    shardings = tree_shardings(CACHE_LOGICAL_NAMES, shapes, mesh)
+    return tree_bytes(jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), shapes, shardings))
+
+
 def tree_bytes(tree) -> int:
     """Largest per-device bytes of a pytree of sharded ShapeDtypeStructs."""
     from grm_jax.sharding import bytes_per_device
@@ -164,6 +173,9 @@ class Program:
     resident: int
     cost_parts: Callable[[ModelConfig], list]
     static: tuple = ()          # static arguments, passed after args
+    # A sampler's decode step (cost part 1): (weight bytes, KV cache bytes per device, the mean
+    # live fraction of the cache over the decode): what an ideal step reads.
+    decode: tuple[int, int, float] | None = None
 
 
 def _micro(rows: int, accum: int) -> int:
@@ -177,7 +189,7 @@ def _companion(run, length: int):
 
 
 def build_programs(kind: str, raw: dict, cfg: ModelConfig, mesh: Mesh) -> list[Program]:
-    """The programs a run of `kind` ('sft', 'grpo', 'score') executes, from its config dict."""
+    """The programs a run of `kind` ('sft', 'grpo', 'score', 'judge') executes, from its config dict."""
     n_dev = mesh.devices.size
     params, names = abstract_sharded_params(cfg, mesh)
     if kind == "sft":
@@ -186,6 +198,8 @@ def build_programs(kind: str, raw: dict, cfg: ModelConfig, mesh: Mesh) -> list[P
         return _grpo_programs(raw, cfg, mesh, params, names, n_dev)
     if kind == "score":
         return _score_programs(raw, cfg, mesh, params, n_dev)
+    if kind == "judge":
+        return _judge_programs(raw, cfg, mesh, params)
     raise ValueError(f"unknown run kind {kind!r}")
 
 
@@ -227,7 +241,7 @@ def _sft_programs(raw, cfg, mesh, params, n_dev):
 
 
 def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
-    from grm_jax.sampling import Temperature, bucket, sampler_fn, sampler_parts
+    from grm_jax.sampling import Temperature, bucket
     from grm_jax.train.grpo import GRPOConfig
     from grm_jax.train.grpo_run import endogenous_reward_program, reference_program, update_program
     from grm_jax.train.optim import make_optimizer
@@ -241,21 +255,6 @@ def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
     p_bytes, opt_bytes = tree_bytes(params), tree_bytes(state.opt_state)
     reward_model = run.reward == "endogenous" and bool(run.reward_model)
     extra = p_bytes if reward_model else 0  # a separate endogenous reward model stays loaded
-    strategy, stop, pad = Temperature(run.temperature), (0,), 0
-    replicated = NamedSharding(mesh, PartitionSpec())
-    rng = _sds((), jax.random.key(0).dtype, replicated)
-    prompts = _batch(mesh, P, T_p, tokens=jnp.int32, mask=jnp.int32)
-
-    def sampler_cost(c: ModelConfig):
-        p, n = abstract_sharded_params(c, mesh)
-        prefill, _, step, _ = sampler_parts(c, mesh, strategy, new, G, stop, pad, True)
-        up = _unstacked(p, n, mesh)
-        first = _compile(jax.jit(prefill), (up, prompts["tokens"], prompts["mask"], rng))
-        # The decode step's input is the loop state as the prefill leaves it, shardings included.
-        state0 = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s),
-                              jax.eval_shape(prefill, up, prompts["tokens"], prompts["mask"], rng),
-                              first.output_shardings)
-        return [(first, None, 1), (jax.jit(step), (up, state0), new - 1)]
 
     def ref_for(c: ModelConfig, companion: bool, rows: int):
         r = _companion(run, T) if companion else run
@@ -278,11 +277,8 @@ def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
         b["adv"] = _sds((rows,), jnp.float32, batch_sharding(mesh, (rows,)))
         return update_program(c, r, mesh, optimizer), (s, b)
 
-    sample_fn = sampler_fn(cfg, mesh, strategy, new, G, stop, pad, run.unroll_layers)
-    decode_flops = sum(F.forward_flops(cfg, R, 1, keys=T_p + i) for i in range(1, new))
-    programs = [Program(
-        "grpo sample (prefill + decode loop)", "sampling", sample_fn, (params, prompts["tokens"], prompts["mask"], rng),
-        (F.forward_flops(cfg, P, T_p) + decode_flops) / n_dev, p_bytes + opt_bytes + extra, sampler_cost)]
+    programs = [_sampler_program("grpo sample (prefill + decode loop)", cfg, mesh, params, P, T_p, new, G,
+                                 Temperature(run.temperature), run.unroll_layers, p_bytes + opt_bytes + extra)]
     ref = ref_for(cfg, False, R)
     programs.append(Program("grpo reference log-probs", "reference/reward forward", *ref,
                             F.forward_flops(cfg, R, T) / n_dev, p_bytes + opt_bytes + extra,
@@ -296,6 +292,48 @@ def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
     programs.append(Program("grpo update step", "update", *upd, F.train_flops(cfg, R, T) * run.inner_iters / n_dev,
                             p_bytes + extra, lambda c: [(*update_for(c, True, _micro(R, accum)), accum)]))
     return programs
+
+
+def _sampler_program(name, cfg, mesh, params, prompts_n, T_p, new, samples, strategy, unroll, resident):
+    """The sampler (prefill + decode loop) over `prompts_n` prompts of `T_p` tokens, `samples`
+    continuations each of up to `new` tokens; costed as prefill + (new - 1) decode steps."""
+    from grm_jax.sampling import sampler_fn, sampler_parts
+
+    n_dev, R = mesh.devices.size, prompts_n * samples
+    stop, pad = (0,), 0
+    rng = _sds((), jax.random.key(0).dtype, NamedSharding(mesh, PartitionSpec()))
+    prompts = _batch(mesh, prompts_n, T_p, tokens=jnp.int32, mask=jnp.int32)
+
+    def sampler_cost(c: ModelConfig):
+        p, n = abstract_sharded_params(c, mesh)
+        prefill, _, step, _ = sampler_parts(c, mesh, strategy, new, samples, stop, pad, True)
+        up = _unstacked(p, n, mesh)
+        first = _compile(jax.jit(prefill), (up, prompts["tokens"], prompts["mask"], rng))
+        # The decode step's input is the loop state as the prefill leaves it, shardings included.
+        state0 = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s),
+                              jax.eval_shape(prefill, up, prompts["tokens"], prompts["mask"], rng),
+                              first.output_shardings)
+        return [(first, None, 1), (jax.jit(step), (up, state0), new - 1)]
+
+    fn = sampler_fn(cfg, mesh, strategy, new, samples, stop, pad, unroll)
+    decode_flops = sum(F.forward_flops(cfg, R, 1, keys=T_p + i) for i in range(1, new))
+    return Program(name, "sampling", fn, (params, prompts["tokens"], prompts["mask"], rng),
+                   (F.forward_flops(cfg, prompts_n, T_p) + decode_flops) / n_dev, resident, sampler_cost,
+                   decode=(tree_bytes(params), cache_bytes(cfg, mesh, R, T_p + new), (T_p + new / 2) / (T_p + new)))
+
+
+def _judge_programs(raw, cfg, mesh, params):
+    """`grm-jax judge`: the sampler over `batch_size` GRM prompts of `max_prompt_length` tokens
+    (each of the k samples of an item is its own prompt), `max_new_tokens` each."""
+    from grm_jax.sampling import Greedy, Temperature, bucket
+
+    multiple = mesh.shape["data"] * mesh.shape["fsdp"]
+    B = -(-int(raw.get("batch_size", 32)) // multiple) * multiple
+    T_p, new = bucket(int(raw.get("max_prompt_length", 2048))), int(raw.get("max_new_tokens", 512))
+    k, temperature = int(raw.get("k", 8)), float(raw.get("temperature", 0.5))
+    strategy = Greedy() if k == 1 else Temperature(temperature)
+    return [_sampler_program("judge sample (prefill + decode loop)", cfg, mesh, params, B, T_p, new, 1,
+                             strategy, True, 0)]
 
 
 def _score_programs(raw, cfg, mesh, params, n_dev):
@@ -334,6 +372,9 @@ class Compiled:
     bytes_accessed: float
     model_flops: float
     error: str | None = None
+    attention: str = ""
+    parts: dict = dataclasses.field(default_factory=dict)  # part index -> (FLOPs, bytes) of one run
+    decode: tuple | None = None                             # Program.decode
 
     @property
     def program_bytes(self) -> int:
@@ -377,17 +418,26 @@ def layer_variants(cfg: ModelConfig) -> list[tuple[ModelConfig, dict]]:
     return out
 
 
-def program_cost(p: Program, cfg: ModelConfig) -> tuple[float, float]:
-    """(FLOPs, bytes accessed) per device of one run of `p`, loops counted."""
+def program_cost(p: Program, cfg: ModelConfig, parts: dict | None = None) -> tuple[float, float]:
+    """(FLOPs, bytes accessed) per device of one run of `p`, loops counted. `parts`, when given,
+    receives {part index: (FLOPs, bytes) of one run of that part}, layers extrapolated."""
     total_f = total_b = 0.0
     for variant, weight in layer_variants(cfg):
-        for part in p.cost_parts(variant):
+        for i, part in enumerate(p.cost_parts(variant)):
             fn, args, times = part[:3]
             static = part[3] if len(part) > 3 else ()
             f, b = _cost(fn, args, static)
             total_f += weight * times * f
             total_b += weight * times * b
+            if parts is not None:
+                pf, pb = parts.get(i, (0.0, 0.0))
+                parts[i] = (pf + weight * f, pb + weight * b)
     return total_f, total_b
+
+
+def attention_of(cfg: ModelConfig) -> str:
+    """The attention a TPU program of `cfg` runs ('auto' is splash there)."""
+    return "splash" if cfg.attention_impl == "auto" else cfg.attention_impl
 
 
 def compile_programs(programs: list[Program], cfg: ModelConfig, *, progress: bool = True) -> list[Compiled]:
@@ -401,14 +451,16 @@ def compile_programs(programs: list[Program], cfg: ModelConfig, *, progress: boo
         except Exception as e:  # the TPU compiler's own verdict, e.g. RESOURCE_EXHAUSTED
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             out.append(Compiled(p.name, p.phase, 0, 0, 0, 0, p.resident, time.perf_counter() - t0, 0.0, 0.0,
-                                p.model_flops, error=msg[:500]))
+                                p.model_flops, error=msg[:500], attention=attention_of(cfg)))
             continue
         seconds = time.perf_counter() - t0
         m = compiled.memory_analysis()
-        flops, nbytes = program_cost(p, cfg)
+        parts: dict = {}
+        flops, nbytes = program_cost(p, cfg, parts)
         out.append(Compiled(p.name, p.phase, int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
                             int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), p.resident, seconds,
-                            flops, nbytes, p.model_flops))
+                            flops, nbytes, p.model_flops, attention=attention_of(cfg), parts=parts,
+                            decode=p.decode))
     return out
 
 
@@ -423,7 +475,21 @@ def compiled_json(c: Compiled, topo: Topology) -> dict:
             "total_bytes": c.total_bytes, "hbm_bytes": chip.hbm_bytes, "fits": c.total_bytes <= chip.hbm_bytes,
             "flops": c.flops, "bytes_accessed": c.bytes_accessed, "model_flops": c.model_flops,
             "flop_ratio": c.flops / c.model_flops if c.model_flops else None,
-            "seconds_lower_bound": F.roofline_seconds(c.flops, c.bytes_accessed, chip)}
+            "seconds_lower_bound": F.roofline_seconds(c.flops, c.bytes_accessed, chip),
+            "attention": c.attention, "cost_excludes_attention_kernel": c.attention == "splash",
+            **_decode_json(c)}
+
+
+def _decode_json(c: Compiled) -> dict:
+    """A sampler's decode step: compiled bytes accessed per step against an ideal step's reads
+    (the weights plus the live KV cache, once)."""
+    if c.decode is None or 1 not in c.parts:
+        return {}
+    weights, kv, live = c.decode
+    ideal = weights + kv * live
+    step = c.parts[1][1]
+    return {"decode_step_bytes": step, "decode_ideal_bytes": ideal, "decode_bytes_ratio": step / ideal,
+            "decode_weight_bytes": weights, "decode_live_kv_bytes": kv * live}
 
 
 def format_compiled(results: list[dict], topo: Topology, mesh_shape: dict) -> str:
@@ -432,20 +498,28 @@ def format_compiled(results: list[dict], topo: Topology, mesh_shape: dict) -> st
     mesh = ",".join(f"{k}={v}" for k, v in mesh_shape.items())
     lines = [f"compiled for {topo.name} ({len(topo.devices)} x {topo.chip}, {chip.hbm_bytes / gib:.1f} GiB HBM, "
              f"{chip.peak_flops / 1e12:.0f} TFLOP/s, {chip.hbm_bandwidth / 1e12:.2f} TB/s per device) on mesh {mesh}:",
-             f"  {'program':<38} {'args':>8} {'temp':>8} {'+other':>8} {'total':>8} {'estim.':>8}  fits  "
+             f"  {'program':<38} {'attn':<6} {'args':>8} {'temp':>8} {'+other':>8} {'total':>8} {'estim.':>8}  fits  "
              f"{'TFLOP':>8} {'ratio':>6} {'bound s':>9} {'compile':>8}"]
     for r in results:
         if r.get("error"):
-            lines.append(f"  {r['name']:<38} did not compile: {r['error']}")
+            lines.append(f"  {r['name']:<38} {r.get('attention', ''):<6} did not compile: {r['error']}")
             continue
         lines.append(
-            f"  {r['name']:<38} {r['argument_bytes'] / gib:7.2f}G {r['temp_bytes'] / gib:7.2f}G "
-            f"{r['resident_bytes'] / gib:7.2f}G {r['total_bytes'] / gib:7.2f}G "
+            f"  {r['name']:<38} {r.get('attention', ''):<6} {r['argument_bytes'] / gib:7.2f}G "
+            f"{r['temp_bytes'] / gib:7.2f}G {r['resident_bytes'] / gib:7.2f}G {r['total_bytes'] / gib:7.2f}G "
             f"{(r.get('estimated_bytes') or 0) / gib:7.2f}G  {'yes' if r['fits'] else 'NO ':<4} "
             f"{r['flops'] / 1e12:8.2f} {r['flop_ratio']:6.2f} {r['seconds_lower_bound']:9.4f} {r['compile_seconds']:7.1f}s")
+        if "decode_step_bytes" in r:
+            lines.append(f"    decode step reads {r['decode_step_bytes'] / gib:.3f}G; weights "
+                         f"{r['decode_weight_bytes'] / gib:.3f}G + mean live KV cache "
+                         f"{r['decode_live_kv_bytes'] / gib:.3f}G = {r['decode_ideal_bytes'] / gib:.3f}G "
+                         f"(ratio {r['decode_bytes_ratio']:.2f})")
     lines.append("  (per device; total = args + outputs - donated + temp + other state resident meanwhile; estim. = "
                  "the shape-only plan's figure for the program's phase; TFLOP with loop trip counts; ratio = "
                  "compiled / model FLOPs; bound = roofline lower bound)")
+    if any(r.get("attention") == "splash" for r in results):
+        lines.append("  (splash rows: XLA's cost analysis gives a Pallas kernel no FLOPs or bytes, so their TFLOP, "
+                     "ratio and bound leave out the attention kernel: compare the xla rows for those)")
     return "\n".join(lines)
 
 

@@ -68,24 +68,41 @@ def add_plan_parser(sub) -> None:
                         "(libtpu, on any CPU host), e.g. v5p:4x4x4, v5p:2x2x1, v5e:2x2, v6e:2x4; reports "
                         "per-device bytes, fits, FLOPs with loop trip counts, model FLOPs and a roofline "
                         "bound per program beside the shape-only estimate")
+    s.add_argument("--attention", default="auto", metavar="IMPL[,IMPL]",
+                   help="with --topology: the attention the programs compile with, or a comma list to "
+                        "compare (e.g. splash,xla); auto (the default) is splash on TPU")
     s.add_argument("--json", action="store_true", help="print the plan as JSON (with --topology: a 'programs' list)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. model=google/gemma-2-27b optim.grad_accum=16")
     s.set_defaults(fn=plan_command)
 
 
-def _compile_for_topology(kind, raw, model_cfg, topo, mesh_shape, plan, progress):
-    """Per-program compiler figures (JSON-able), each beside the shape-only estimate of its phase."""
+def _attention_impls(spec: str) -> list[str]:
+    from grm_jax.models.config import ATTENTION_IMPLS
+
+    impls = [a.strip() for a in spec.split(",") if a.strip()]
+    bad = [a for a in impls if a not in ("auto", "xla", "splash")]
+    if not impls or bad:
+        raise ValueError(f"--attention {spec!r}: use auto, xla or splash (comma-separated to compare); "
+                         f"{', '.join(a for a in ATTENTION_IMPLS if a not in ('auto', 'xla', 'splash'))} "
+                         "are not TPU paths")
+    return impls
+
+
+def _compile_for_topology(kind, raw, model_cfg, topo, mesh_shape, plan, impls, progress):
+    """Per-program compiler figures (JSON-able), each beside the shape-only estimate of its phase,
+    for each attention implementation in `impls`."""
     from grm_jax.aot import build_programs, compile_programs, compiled_json, topology_mesh
 
     mesh = topology_mesh(topo, mesh_shape)
-    results = compile_programs(build_programs(kind, raw, model_cfg, mesh), model_cfg, progress=progress)
     estimates = plan.phase_bytes()
     out = []
-    for r in results:
-        d = compiled_json(r, topo)
-        d["estimated_bytes"] = estimates.get(r.phase)
-        out.append(d)
+    for impl in impls:
+        cfg = model_cfg.replace(attention_impl=impl)
+        for r in compile_programs(build_programs(kind, raw, cfg, mesh), cfg, progress=progress):
+            d = compiled_json(r, topo)
+            d["estimated_bytes"] = estimates.get(r.phase)
+            out.append(d)
     return out
 
 
@@ -106,6 +123,7 @@ def plan_command(args) -> int:
     if args.topology:
         from grm_jax.aot import get_topology
 
+        impls = _attention_impls(args.attention)
         topo = get_topology(args.topology)  # before any work: a missing libtpu is one clear line
         args.devices = args.devices or len(topo.devices)
         args.accelerator = args.accelerator or topo.chip
@@ -118,7 +136,7 @@ def plan_command(args) -> int:
         suggestion = suggest_mesh(kind, raw, math.prod(mesh.values()), args.accelerator, model_cfg)
     programs = None
     if topo is not None:
-        programs = _compile_for_topology(kind, raw, model_cfg, topo, mesh, plan, progress=not args.json)
+        programs = _compile_for_topology(kind, raw, model_cfg, topo, mesh, plan, impls, progress=not args.json)
     if args.json:
         out = plan_json(plan, args.accelerator)
         out["model_config"] = source

@@ -9,7 +9,9 @@ flash kernel needs less), the chunked LM head, and one layer's working set when 
 rematerialized (`remat: true`).
 
 Run kinds, by the config's keys: GRPO (`reward`, `group_size`, ...), SFT (`steps` and
-`batch_size`) and endogenous-reward scoring (`grm-jax score --config`). A GRPO step has three
+`batch_size`), GRM judging (`kind: judge` or `k`: the sampling of `grm-jax judge`, with
+`batch_size`, `max_prompt_length`, `max_new_tokens`) and endogenous-reward scoring
+(`grm-jax score --config`). A GRPO step has three
 phases whose peaks are reported separately: sampling (policy + reference + optimizer state + KV
 cache + prefill), reference/reward forward (the whole batch at once) and the update (gradients +
 activations of one microbatch).
@@ -195,6 +197,13 @@ def plan_run(kind: str, raw: dict, mesh_shape: dict, model_cfg: ModelConfig | No
             "sampling": base + extra + [f"KV cache ({R} rows x {T})", "prefill activations"],
             "reference/reward forward": base + extra + [forward],
             "update": update + extra}
+    elif kind == "judge":
+        rows = per_device(int(raw.get("batch_size", 32)))
+        prompt, new = int(raw.get("max_prompt_length", 2048)), int(raw.get("max_new_tokens", 512))
+        cache = f"KV cache ({rows * dp} rows x {prompt + new})"
+        items[cache] = cache_bytes(rows * dp, prompt + new)
+        items["prefill activations"] = layer_bytes(cfg, rows, prompt, prompt + new, tensor)
+        phases = {"sampling": ["params", cache, "prefill activations"]}
     elif kind == "sft":
         phases = {"update": training(int(raw.get("batch_size", 8)), int(raw.get("max_length", 1024)),
                                      int((raw.get("optim") or {}).get("grad_accum", 1)))}
@@ -209,9 +218,12 @@ def plan_run(kind: str, raw: dict, mesh_shape: dict, model_cfg: ModelConfig | No
 
 
 def run_kind(raw: dict) -> str:
-    """grpo, sft or score, from the keys of a run config."""
+    """grpo, sft, judge or score, from the keys of a run config (`kind: judge` or a `k` key
+    marks the sampling of `grm-jax judge`)."""
     from grm_jax.train.grpo import REWARD_KINDS
 
+    if raw.get("kind") == "judge" or "k" in raw:
+        return "judge"
     if {"group_size", "prompts_per_step", "max_new_tokens"} & set(raw) or raw.get("reward") in REWARD_KINDS:
         return "grpo"
     if "steps" in raw and "batch_size" in raw:

@@ -203,7 +203,8 @@ def sampler_parts(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, ma
         R = B * num_samples
         positions_BT = positions_from_mask(mask_BT)
         cache = constrain_cache(init_cache(config, B, T + max_new))
-        h_BTD, cache = model.apply({"params": params}, prompt_BT, positions_BT, cache, hidden_only=True)
+        h_BTD, cache = model.apply({"params": params}, prompt_BT, positions_BT, cache, hidden_only=True,
+                                   fresh_cache=True)
         # Rows are left-padded, so every prompt ends at slot T - 1: only its logits are needed.
         logits_B1V = lm_head_logits(params, config, h_BTD[:, -1:])
         logits_RV = jnp.repeat(logits_B1V[:, 0], num_samples, axis=0)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 FULL = "full"
 SLIDING = "sliding"
+ATTENTION_IMPLS = ("auto", "xla", "splash", "cudnn", "dot_product")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -93,7 +94,10 @@ class ModelConfig:
     # Numerics: parameters are stored in param_dtype and cast to dtype for compute.
     dtype: str = "float32"
     param_dtype: str = "float32"
-    attention_impl: str = "xla"  # 'xla' (einsum) or 'dot_product' (jax.nn.dot_product_attention)
+    # 'auto' (splash on TPU, cudnn on GPU where allowed, else xla), 'xla' (einsum), 'splash'
+    # (jax's Pallas TPU kernel; interpret mode off TPU), 'cudnn' or 'dot_product'
+    # (jax.nn.dot_product_attention with / without implementation='cudnn').
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         for name in ("vocab_size", "embed_dim", "mlp_dim", "num_layers", "num_heads",
@@ -105,12 +109,12 @@ class ModelConfig:
                              f"({self.num_kv_heads})")
         if self.activation not in ("silu", "gelu_tanh"):
             raise ValueError(f"activation must be 'silu' or 'gelu_tanh', got {self.activation!r}")
-        if self.attention_impl not in ("xla", "dot_product"):
-            raise ValueError(f"attention_impl must be 'xla' or 'dot_product', "
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, "
                              f"got {self.attention_impl!r}")
-        if self.attention_impl == "dot_product" and self.attn_softcap is not None:
-            raise ValueError("attention_impl='dot_product' cannot apply attention soft-capping; "
-                             "use attention_impl='xla' for this model")
+        if self.attention_impl in ("dot_product", "cudnn") and self.attn_softcap is not None:
+            raise ValueError(f"attention_impl={self.attention_impl!r} cannot apply attention "
+                             "soft-capping; use 'auto', 'xla' or 'splash' for this model")
         dtype_of(self.dtype)
         dtype_of(self.param_dtype)
         if self.layer_types:

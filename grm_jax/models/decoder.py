@@ -48,10 +48,13 @@ CACHE_LOGICAL_NAMES = {
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block (with Gemma's extra post-norms when configured)."""
+    """One pre-norm transformer block (with Gemma's extra post-norms when configured).
+
+    `fresh`: the cache held nothing before these tokens (see `Decoder.__call__`)."""
 
     config: ModelConfig
     mesh: Mesh | None = None
+    fresh: bool = False
 
     @nn.compact
     def __call__(self, carry, xs, shared):
@@ -59,7 +62,7 @@ class Block(nn.Module):
         x_BTD, kv_LBKSH = carry
         is_sliding, layer = xs
         kv = None if kv_LBKSH is None else (*kv_LBKSH, layer)
-        tables, mask_full, mask_sliding, start = shared
+        tables, mask_full, mask_sliding, start, positions_BT = shared
         mask_BTS = jnp.where(is_sliding, mask_sliding, mask_full) if cfg.has_sliding else mask_full
         if len(tables) == 2:  # sliding layers have their own RoPE base (Gemma 3)
             (cos_g, sin_g), (cos_l, sin_l) = tables
@@ -71,7 +74,8 @@ class Block(nn.Module):
             return RMSNorm(cfg.norm_eps, cfg.norm_plus_one, cfg.param_dtype, name=name)
 
         h = norm("pre_attn_norm")(x_BTD)
-        h, kv = Attention(cfg, self.mesh, name="attn")(h, cos_sin, mask_BTS, kv, start)
+        h, kv = Attention(cfg, self.mesh, name="attn")(h, cos_sin, mask_BTS, kv, start,
+                                                       positions_BT, is_sliding, self.fresh)
         if cfg.sandwich_norms:
             h = norm("post_attn_norm")(h)
         x_BTD = x_BTD + h
@@ -100,7 +104,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, cache: Cache | None = None, *,
-                 hidden_only: bool = False):
+                 hidden_only: bool = False, fresh_cache: bool = False):
         """Runs the model on `tokens_BT` placed at cache slots [cache.end, cache.end + T).
 
         Args:
@@ -109,6 +113,9 @@ class Decoder(nn.Module):
           cache: KV cache from `init_cache` (or a previous call), or None for a plain forward.
           hidden_only: skip the LM head and return (hidden states, cache); pair with
             `lm_head_logits` to compute logits a chunk at a time.
+          fresh_cache: the caller promises `cache` holds nothing yet (a prefill into
+            `init_cache`): attention then runs over the new tokens alone ([T, T], and splash
+            can run), the cache is still written.
 
         Returns:
           (logits [B, T, V] in float32, the updated cache or None); with `hidden_only`, the
@@ -145,18 +152,18 @@ class Decoder(nn.Module):
             mask_sliding = mask_full & in_window[None]
 
         is_sliding_L = jnp.asarray([k == SLIDING for k in cfg.kinds])
-        shared = (tables, mask_full, mask_sliding, start)
+        shared = (tables, mask_full, mask_sliding, start, positions_BT)
         block = nn.remat(Block, prevent_cse=not self.unrolled) if self.remat else Block
         if self.unrolled:
             for layer in range(cfg.num_layers):
-                (x_BTD, kv), _ = block(cfg, self.mesh, name=f"layer_{layer}")(
+                (x_BTD, kv), _ = block(cfg, self.mesh, fresh_cache, name=f"layer_{layer}")(
                     (x_BTD, kv), (is_sliding_L[layer], layer), shared)
         else:
             stack = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(0, nn.broadcast), length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"})
-            (x_BTD, kv), _ = stack(cfg, self.mesh, name="layers")(
+            (x_BTD, kv), _ = stack(cfg, self.mesh, fresh_cache, name="layers")(
                 (x_BTD, kv), (is_sliding_L, jnp.arange(cfg.num_layers)), shared)
 
         h_BTD = RMSNorm(cfg.norm_eps, cfg.norm_plus_one, cfg.param_dtype, name="final_norm")(x_BTD)

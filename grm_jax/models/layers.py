@@ -8,6 +8,7 @@ attention softmax runs in float32.
 from __future__ import annotations
 
 import functools
+import logging
 
 import flax.linen as nn
 import jax
@@ -15,8 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from grm_jax.models.config import ModelConfig, RopeConfig, dtype_of
+from grm_jax.models.config import FULL, SLIDING, ModelConfig, RopeConfig, dtype_of
+from grm_jax.models.splash import platform_of, splash_attention
 from grm_jax.sharding import constrain
+
+log = logging.getLogger(__name__)
+_LOGGED: set = set()
 
 # Masked attention logits get this instead of -inf, so a row with no visible key (a left-padding
 # query) softmaxes to a uniform row rather than NaN.
@@ -114,20 +119,48 @@ def apply_rope(x_BTnH: jax.Array, cos_BTh: jax.Array, sin_BTh: jax.Array) -> jax
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+def resolve_attention(config: ModelConfig, mesh: Mesh | None) -> str:
+    """The attention implementation `config.attention_impl` means on the mesh's platform.
+
+    'auto' is splash on TPU; cuDNN's fused attention on GPU when the model has no attention
+    soft-cap and computes in bfloat16 or float16 (what cuDNN supports); xla elsewhere. The
+    choice is logged once per (setting, platform, choice).
+    """
+    impl, platform = config.attention_impl, platform_of(mesh)
+    if impl == "auto":
+        if platform == "tpu":
+            impl = "splash"
+        elif (platform == "gpu" or platform == "cuda") and config.attn_softcap is None \
+                and config.dtype in ("bfloat16", "float16"):
+            impl = "cudnn"
+        else:
+            impl = "xla"
+        key = (config.attention_impl, platform, impl)
+        if key not in _LOGGED:
+            _LOGGED.add(key)
+            log.info("attention_impl=auto on %s: using %s attention", platform, impl)
+    return impl
+
+
 class Attention(nn.Module):
     """Grouped-query attention over an explicit key/value buffer.
 
     With a cache, `kv = (k_LBKSH, v_LBKSH, layer)`: the keys and values of the new tokens are
     written into the `layer` rows of the whole-stack buffers at slot `start`, and the queries
     attend to that layer's whole buffer under `mask_BTS`; with `kv=None` they attend to the new
-    tokens alone.
+    tokens alone. `fresh` says the cache held nothing before these tokens (start is 0, as in a
+    prefill): the queries then attend to the new tokens alone too, [T, T] rather than [T, S].
+
+    The implementation (`resolve_attention`): splash and cuDNN run where the keys are exactly the
+    new tokens (training, scoring, prefill); a decode step over the cache runs the xla path.
     """
 
     config: ModelConfig
     mesh: Mesh | None = None
 
     @nn.compact
-    def __call__(self, x_BTD, cos_sin, mask_BTS, kv, start):
+    def __call__(self, x_BTD, cos_sin, mask_BTS, kv, start, positions_BT=None, is_sliding=False,
+                 fresh=False):
         cfg = self.config
         D, N, K, H = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dtype = dtype_of(cfg.dtype)
@@ -170,13 +203,32 @@ class Attention(nn.Module):
             v_BKSH = jax.lax.dynamic_index_in_dim(v_LBKSH, layer, 0, keepdims=False)
             kv = (k_LBKSH, v_LBKSH, layer)
 
-        if cfg.attention_impl == "dot_product":
+        impl = resolve_attention(cfg, self.mesh)
+        if kv is None or fresh:  # the keys are exactly the new tokens
+            T = k_BKTH.shape[2]
+            k_BKSH, v_BKSH, mask_BTS = k_BKTH, v_BKTH, mask_BTS[:, :, :T]
+        elif impl in ("splash", "cudnn"):
+            impl = "xla"  # a step over a filled cache
+        k_BKSH, v_BKSH = k_BKSH.astype(dtype), v_BKSH.astype(dtype)
+        if impl == "splash":
+            def run(window):
+                return splash_attention(q_BTNH, k_BKSH, v_BKSH, positions_BT, scale=cfg.attn_scale,
+                                        softcap=cfg.attn_softcap, window=window, mesh=self.mesh)
+            kinds = set(cfg.kinds)
+            if kinds == {FULL}:
+                out_BTNH = run(None)
+            elif kinds == {SLIDING}:
+                out_BTNH = run(cfg.sliding_window)
+            else:
+                out_BTNH = jax.lax.cond(is_sliding, lambda: run(cfg.sliding_window), lambda: run(None))
+        elif impl in ("dot_product", "cudnn"):
             out_BTNH = jax.nn.dot_product_attention(
-                q_BTNH, k_BKSH.transpose(0, 2, 1, 3).astype(dtype), v_BKSH.transpose(0, 2, 1, 3).astype(dtype),
-                mask=mask_BTS[:, None], scale=cfg.attn_scale)
+                q_BTNH, k_BKSH.transpose(0, 2, 1, 3), v_BKSH.transpose(0, 2, 1, 3),
+                mask=mask_BTS[:, None], scale=cfg.attn_scale,
+                implementation="cudnn" if impl == "cudnn" else None)
         else:
-            out_BTNH = _xla_attention(q_BTNH, k_BKSH.astype(dtype), v_BKSH.astype(dtype), mask_BTS,
-                                      cfg.attn_scale, cfg.attn_softcap)
+            out_BTNH = _xla_attention(q_BTNH, k_BKSH, v_BKSH, mask_BTS, cfg.attn_scale,
+                                      cfg.attn_softcap)
         y_BTD = Linear((N, H, D), ("heads", "head_dim", "embed"), 1, cfg.out_bias,
                        cfg.dtype, cfg.param_dtype, name="o_proj")(out_BTNH)
         return y_BTD, kv
