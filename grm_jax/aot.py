@@ -139,10 +139,10 @@ def _batch(mesh: Mesh, rows: int, length: int, **dtypes) -> dict:
 
 def cache_bytes(cfg: ModelConfig, mesh: Mesh, rows: int, length: int) -> int:
     """Per-device bytes of the sampler's KV cache for `rows` x `length`."""
-    from grm_jax.models.decoder import CACHE_LOGICAL_NAMES, init_cache
+    from grm_jax.models.decoder import cache_logical_names, init_cache
 
     shapes = jax.eval_shape(lambda: init_cache(cfg, rows, length))
-    shardings = tree_shardings(CACHE_LOGICAL_NAMES, shapes, mesh)
+    shardings = tree_shardings(cache_logical_names(shapes), shapes, mesh)
     return tree_bytes(jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), shapes, shardings))
 
 
@@ -313,7 +313,8 @@ def _sampler_program(name, cfg, mesh, params, prompts_n, T_p, new, samples, stra
         state0 = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s),
                               jax.eval_shape(prefill, up, prompts["tokens"], prompts["mask"], rng),
                               first.output_shardings)
-        return [(first, None, 1), (jax.jit(step), (up, state0), new - 1)]
+        # Donated: inside the while loop the state is carried in place, not copied per step.
+        return [(first, None, 1), (jax.jit(step, donate_argnums=1), (up, state0), new - 1)]
 
     fn = sampler_fn(cfg, mesh, strategy, new, samples, stop, pad, unroll)
     decode_flops = sum(F.forward_flops(cfg, R, 1, keys=T_p + i) for i in range(1, new))

@@ -32,9 +32,9 @@ from jax.sharding import Mesh
 
 from grm_jax import distributed
 from grm_jax.models.config import ModelConfig
-from grm_jax.models.decoder import (CACHE_LOGICAL_NAMES, Decoder, init_cache, lm_head_logits,
+from grm_jax.models.decoder import (Decoder, cache_logical_names, init_cache, lm_head_logits,
                                     positions_from_mask, unstack_layers)
-from grm_jax.sharding import batch_sharding, constrain
+from grm_jax.sharding import _is_names, batch_sharding, constrain
 
 _NEG = -1e30
 
@@ -182,7 +182,8 @@ def sampler_parts(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, ma
     model = Decoder(config, mesh, unrolled=unroll)
 
     def constrain_cache(cache):
-        return {k: constrain(v, CACHE_LOGICAL_NAMES[k], mesh) for k, v in cache.items()}
+        names = cache_logical_names(cache)
+        return jax.tree.map(lambda n, a: constrain(a, n, mesh), names, cache, is_leaf=_is_names)
 
     stop_S = jnp.asarray(stop if stop else (-1,), jnp.int32)
 
@@ -202,7 +203,8 @@ def sampler_parts(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, ma
         B, T = prompt_BT.shape
         R = B * num_samples
         positions_BT = positions_from_mask(mask_BT)
-        cache = constrain_cache(init_cache(config, B, T + max_new))
+        # Unrolled layers keep one cache buffer per layer: a decode step touches only its own.
+        cache = constrain_cache(init_cache(config, B, T + max_new, per_layer=unroll))
         h_BTD, cache = model.apply({"params": params}, prompt_BT, positions_BT, cache, hidden_only=True,
                                    fresh_cache=True)
         # Rows are left-padded, so every prompt ends at slot T - 1: only its logits are needed.
@@ -210,9 +212,10 @@ def sampler_parts(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, ma
         logits_RV = jnp.repeat(logits_B1V[:, 0], num_samples, axis=0)
         next_pos_R = jnp.repeat(positions_BT[:, -1] + 1, num_samples, axis=0)
         if num_samples > 1:
+            rows = 0 if unroll else 1  # the batch axis of a per-layer / stacked buffer
             cache = constrain_cache({
-                "k": jnp.repeat(cache["k"], num_samples, axis=1),
-                "v": jnp.repeat(cache["v"], num_samples, axis=1),
+                "k": jax.tree.map(lambda a: jnp.repeat(a, num_samples, axis=rows), cache["k"]),
+                "v": jax.tree.map(lambda a: jnp.repeat(a, num_samples, axis=rows), cache["v"]),
                 "positions": jnp.repeat(cache["positions"], num_samples, axis=0),
                 "end": cache["end"]})
         out = (jnp.full((R, max_new), pad_id, jnp.int32), jnp.zeros((R, max_new), jnp.float32))

@@ -71,7 +71,15 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
         raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
                          f"have {len(devices)}")
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    except (ValueError, NotImplementedError):
+        # A logical axis that is no product of physical axes (data=8 on a 4x4x4 TPU slice):
+        # split a physical axis between two mesh axes rather than refuse the mesh.
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, MESH_AXES, axis_types=auto)
 
 
 def mesh_from_spec(spec: str | None, devices: Sequence[jax.Device] | None = None) -> Mesh:

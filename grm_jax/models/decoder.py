@@ -8,7 +8,9 @@ whose rows end at the same slot decodes together.
 
 The KV cache is an explicit pytree `{"k": [L,B,K,S,H], "v": [L,B,K,S,H], "positions": [B,S],
 "end": []}`: `end` is the next slot to write. Without a cache the queries attend to the new
-tokens alone and no key/value buffers are kept.
+tokens alone and no key/value buffers are kept. With `init_cache(..., per_layer=True)` "k" and
+"v" are tuples of L buffers [B,K,S,H] instead (for the unrolled decoder only): a decode step
+then updates and reads each layer's own buffer, never an operand the size of the whole stack.
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ def positions_from_mask(mask_BT: jax.Array) -> jax.Array:
     return jnp.where(mask_BT > 0, jnp.cumsum(mask_BT, axis=-1) - 1, -1)
 
 
-def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> Cache:
-    """An empty KV cache for `batch` rows of up to `length` tokens."""
+def init_cache(config: ModelConfig, batch: int, length: int, dtype=None, *, per_layer: bool = False) -> Cache:
+    """An empty KV cache for `batch` rows of up to `length` tokens; `per_layer`: one buffer per
+    layer (for `Decoder(unrolled=True)`)."""
     dtype = dtype or dtype_of(config.dtype)
-    shape = (config.num_layers, batch, config.num_kv_heads, length, config.head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "positions": jnp.full((batch, length), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
+    shape = (batch, config.num_kv_heads, length, config.head_dim)
+    if per_layer:
+        k = v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+    else:
+        k = v = jnp.zeros((config.num_layers, *shape), dtype)
+    return {"k": k, "v": v, "positions": jnp.full((batch, length), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
 
 
 CACHE_LOGICAL_NAMES = {
@@ -45,6 +51,15 @@ CACHE_LOGICAL_NAMES = {
     "positions": ("batch", "cache_length"),
     "end": (),
 }
+
+
+def cache_logical_names(cache: Cache) -> dict:
+    """Logical axis names of each leaf of `cache` (stacked or per-layer)."""
+    out = dict(CACHE_LOGICAL_NAMES)
+    for key in ("k", "v"):
+        if isinstance(cache[key], (tuple, list)):
+            out[key] = tuple(CACHE_LOGICAL_NAMES[key][1:] for _ in cache[key])
+    return out
 
 
 class Block(nn.Module):
@@ -125,8 +140,11 @@ class Decoder(nn.Module):
         B, T = tokens_BT.shape
         dtype, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
         use_cache = cache is not None
+        per_layer = use_cache and isinstance(cache["k"], (tuple, list))
+        if per_layer and not self.unrolled:
+            raise ValueError("a per-layer cache needs Decoder(unrolled=True)")
         if use_cache:
-            start, S, past_positions_BS = cache["end"], cache["k"].shape[3], cache["positions"]
+            start, S, past_positions_BS = cache["end"], cache["positions"].shape[1], cache["positions"]
             kv = (cache["k"], cache["v"])
         else:
             start, S, past_positions_BS, kv = jnp.zeros((), jnp.int32), T, jnp.full((B, T), -1, jnp.int32), None
@@ -155,9 +173,19 @@ class Decoder(nn.Module):
         shared = (tables, mask_full, mask_sliding, start, positions_BT)
         block = nn.remat(Block, prevent_cse=not self.unrolled) if self.remat else Block
         if self.unrolled:
+            new_k, new_v = [], []
             for layer in range(cfg.num_layers):
-                (x_BTD, kv), _ = block(cfg, self.mesh, fresh_cache, name=f"layer_{layer}")(
-                    (x_BTD, kv), (is_sliding_L[layer], layer), shared)
+                # A per-layer cache hands the block its own buffers (layer index None).
+                layer_kv = (kv[0][layer], kv[1][layer]) if per_layer else kv
+                (x_BTD, layer_kv), _ = block(cfg, self.mesh, fresh_cache, name=f"layer_{layer}")(
+                    (x_BTD, layer_kv), (is_sliding_L[layer], None if per_layer else layer), shared)
+                if per_layer:
+                    new_k.append(layer_kv[0])
+                    new_v.append(layer_kv[1])
+                else:
+                    kv = layer_kv
+            if per_layer:
+                kv = (tuple(new_k), tuple(new_v))
         else:
             stack = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},

@@ -188,20 +188,20 @@ class Attention(nn.Module):
         if kv is None:  # plain forward: the keys are exactly the new tokens
             k_BKSH, v_BKSH = k_BKTH, v_BKTH
         else:
-            # Write the new tokens into this layer's rows of the whole-stack buffers, then read
-            # the layer back. Carrying the whole stack through the layer scan (rather than
-            # scanning over per-layer slices) lets XLA update it in place: a decode step then
-            # moves only the new tokens, not a copy of the cache.
-            k_LBKSH, v_LBKSH, layer = kv
-            at = (layer, 0, 0, start, 0)
-            k_LBKSH = jax.lax.dynamic_update_slice(k_LBKSH, k_BKTH[None].astype(k_LBKSH.dtype), at)
-            v_LBKSH = jax.lax.dynamic_update_slice(v_LBKSH, v_BKTH[None].astype(v_LBKSH.dtype), at)
-            kv_names = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
-            k_LBKSH = constrain(k_LBKSH, kv_names, self.mesh)
-            v_LBKSH = constrain(v_LBKSH, kv_names, self.mesh)
-            k_BKSH = jax.lax.dynamic_index_in_dim(k_LBKSH, layer, 0, keepdims=False)
-            v_BKSH = jax.lax.dynamic_index_in_dim(v_LBKSH, layer, 0, keepdims=False)
-            kv = (k_LBKSH, v_LBKSH, layer)
+            # Write the new tokens into the cache at slot `start`, then read the layer back. A
+            # stacked cache is carried whole through the layer scan (rather than scanned over
+            # per-layer slices), which lets XLA update it in place: a decode step then moves
+            # only the new tokens, not a copy of the cache. A per-layer cache (layer None) is
+            # this layer's own buffer.
+            k_buf, v_buf, layer = kv
+            k_buf = _write_cache(k_buf, k_BKTH, layer, start, self.mesh)
+            v_buf = _write_cache(v_buf, v_BKTH, layer, start, self.mesh)
+            if layer is None:
+                k_BKSH, v_BKSH = k_buf, v_buf
+            else:
+                k_BKSH = jax.lax.dynamic_index_in_dim(k_buf, layer, 0, keepdims=False)
+                v_BKSH = jax.lax.dynamic_index_in_dim(v_buf, layer, 0, keepdims=False)
+            kv = (k_buf, v_buf, layer)
 
         impl = resolve_attention(cfg, self.mesh)
         if kv is None or fresh:  # the keys are exactly the new tokens
@@ -232,6 +232,18 @@ class Attention(nn.Module):
         y_BTD = Linear((N, H, D), ("heads", "head_dim", "embed"), 1, cfg.out_bias,
                        cfg.dtype, cfg.param_dtype, name="o_proj")(out_BTNH)
         return y_BTD, kv
+
+
+def _write_cache(buf, new_BKTH, layer, start, mesh):
+    """`new_BKTH` written at slot `start` of a per-layer buffer [B,K,S,H] (layer None) or of
+    row `layer` of a stacked one [L,B,K,S,H]."""
+    names = ("batch", "kv_heads", "cache_length", "head_dim")
+    if layer is None:
+        buf = jax.lax.dynamic_update_slice(buf, new_BKTH.astype(buf.dtype), (0, 0, start, 0))
+    else:
+        buf = jax.lax.dynamic_update_slice(buf, new_BKTH[None].astype(buf.dtype), (layer, 0, 0, start, 0))
+        names = ("layers", *names)
+    return constrain(buf, names, mesh)
 
 
 def _xla_attention(q_BTNH, k_BKSH, v_BKSH, mask_BTS, scale, softcap):
