@@ -441,7 +441,10 @@ def attention_of(cfg: ModelConfig) -> str:
     return "splash" if cfg.attention_impl == "auto" else cfg.attention_impl
 
 
-def compile_programs(programs: list[Program], cfg: ModelConfig, *, progress: bool = True) -> list[Compiled]:
+def compile_programs(programs: list[Program], cfg: ModelConfig, *, progress: bool = True,
+                     cost: bool = True) -> list[Compiled]:
+    """Compiles each program; with `cost`, also its loop-counted FLOPs and bytes (the companion
+    programs: several more compiles), else those are None."""
     from tqdm.auto import tqdm
 
     out = []
@@ -457,7 +460,7 @@ def compile_programs(programs: list[Program], cfg: ModelConfig, *, progress: boo
         seconds = time.perf_counter() - t0
         m = compiled.memory_analysis()
         parts: dict = {}
-        flops, nbytes = program_cost(p, cfg, parts)
+        flops, nbytes = program_cost(p, cfg, parts) if cost else (None, None)
         out.append(Compiled(p.name, p.phase, int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
                             int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), p.resident, seconds,
                             flops, nbytes, p.model_flops, attention=attention_of(cfg), parts=parts,
@@ -470,13 +473,14 @@ def compiled_json(c: Compiled, topo: Topology) -> dict:
     d = {"name": c.name, "phase": c.phase, "compile_seconds": round(c.compile_seconds, 2)}
     if c.error:
         return {**d, "error": c.error, "fits": False, "total_bytes": None, "flops": None,
-                "model_flops": c.model_flops, "seconds_lower_bound": None}
+                "model_flops": c.model_flops, "seconds_lower_bound": None, "attention": c.attention}
+    counted = c.flops is not None
     return {**d, "argument_bytes": c.argument_bytes, "output_bytes": c.output_bytes, "alias_bytes": c.alias_bytes,
             "temp_bytes": c.temp_bytes, "program_bytes": c.program_bytes, "resident_bytes": c.resident_bytes,
             "total_bytes": c.total_bytes, "hbm_bytes": chip.hbm_bytes, "fits": c.total_bytes <= chip.hbm_bytes,
             "flops": c.flops, "bytes_accessed": c.bytes_accessed, "model_flops": c.model_flops,
-            "flop_ratio": c.flops / c.model_flops if c.model_flops else None,
-            "seconds_lower_bound": F.roofline_seconds(c.flops, c.bytes_accessed, chip),
+            "flop_ratio": c.flops / c.model_flops if counted and c.model_flops else None,
+            "seconds_lower_bound": F.roofline_seconds(c.flops, c.bytes_accessed, chip) if counted else None,
             "attention": c.attention, "cost_excludes_attention_kernel": c.attention == "splash",
             **_decode_json(c)}
 
@@ -505,11 +509,13 @@ def format_compiled(results: list[dict], topo: Topology, mesh_shape: dict) -> st
         if r.get("error"):
             lines.append(f"  {r['name']:<38} {r.get('attention', ''):<6} did not compile: {r['error']}")
             continue
+        cost = (f"{r['flops'] / 1e12:8.2f} {r['flop_ratio']:6.2f} {r['seconds_lower_bound']:9.4f}"
+                if r["flops"] is not None else f"{'-':>8} {'-':>6} {'-':>9}")
         lines.append(
             f"  {r['name']:<38} {r.get('attention', ''):<6} {r['argument_bytes'] / gib:7.2f}G "
             f"{r['temp_bytes'] / gib:7.2f}G {r['resident_bytes'] / gib:7.2f}G {r['total_bytes'] / gib:7.2f}G "
             f"{(r.get('estimated_bytes') or 0) / gib:7.2f}G  {'yes' if r['fits'] else 'NO ':<4} "
-            f"{r['flops'] / 1e12:8.2f} {r['flop_ratio']:6.2f} {r['seconds_lower_bound']:9.4f} {r['compile_seconds']:7.1f}s")
+            f"{cost} {r['compile_seconds']:7.1f}s")
         if "decode_step_bytes" in r:
             lines.append(f"    decode step reads {r['decode_step_bytes'] / gib:.3f}G; weights "
                          f"{r['decode_weight_bytes'] / gib:.3f}G + mean live KV cache "

@@ -8,6 +8,30 @@ import sys
 from pathlib import Path
 
 _DTYPES = ("float32", "bfloat16", "float16")
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error before any model loads, not a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 _MESH_HELP = ("device mesh as axis=size over data, fsdp, tensor; -1 takes the remaining devices "
               "(default: fsdp=-1, i.e. params sharded over all devices)")
 
@@ -310,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_args(b, 3)
     b.add_argument("--length", type=int, default=512)
     b.add_argument("--response", type=int, help="response tokens per row (default: half)")
-    b.add_argument("--chunk", type=int, default=512, help="positions per LM-head chunk")
+    b.add_argument("--chunk", type=positive_int, default=512, help="positions per LM-head chunk")
     b = bsub.add_parser("generate", help="greedy decode tokens/s vs transformers generate",
                         description="New tokens/s of greedy sampling (prefill included; every row "
                                     "runs --new-tokens, no stop token) against transformers' "
@@ -348,14 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--system-prompt-file", help="read the system prompt from this file")
     s.add_argument("--no-chat-template", action="store_true",
                    help="plain [BOS] prompt + response [EOS] even when the tokenizer has a template")
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--max-length", type=int, default=2048,
+    s.add_argument("--batch-size", type=positive_int, default=8)
+    s.add_argument("--max-length", type=positive_int, default=2048,
                    help="longest prompt + response (default 2048). A longer row keeps the last "
                         "max(L - response, min(prompt, L/2)) tokens of its prompt, then its "
                         "response is cut from the right to fit; such rows are counted")
     s.add_argument("--token-rewards", action="store_true", help="add per-token rewards to each line")
     s.add_argument("--alpha", type=float, default=1.0, help="soft-Q temperature (1 for an ordinary LM)")
-    s.add_argument("--chunk", type=int, default=512, help="positions per LM-head chunk (memory bound)")
+    s.add_argument("--chunk", type=positive_int, default=512, help="positions per LM-head chunk (memory bound)")
     s.add_argument("--mesh", help=_MESH_HELP)
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.set_defaults(fn=_score)
@@ -369,13 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="HF directory or grm-jax checkpoint (with tokenizer)")
     s.add_argument("--prompts", required=True, help="JSON, JSONL or Parquet file")
     s.add_argument("--out", required=True, help="output JSONL (must not exist)")
-    s.add_argument("--max-new-tokens", type=int, default=256)
-    s.add_argument("--num-samples", type=int, default=1, help="samples per prompt (one shared prefill)")
-    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    s.add_argument("--top-k", type=int)
+    s.add_argument("--max-new-tokens", type=positive_int, default=256)
+    s.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt (one shared prefill)")
+    s.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default)")
+    s.add_argument("--top-k", type=positive_int)
     s.add_argument("--top-p", type=float)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=8, help="prompts per call")
+    s.add_argument("--batch-size", type=positive_int, default=8, help="prompts per call")
     s.add_argument("--system-prompt")
     s.add_argument("--no-chat-template", action="store_true")
     s.add_argument("--mesh", help=_MESH_HELP)
@@ -401,10 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", default="8", help="samples per item, or a list such as 1,2,4,8,16,32: the "
                                             "largest is sampled once and smaller k vote over random "
                                             "subsets of it (a scaling curve, table and PNG)")
-    s.add_argument("--temperature", type=float, default=0.5, help="sampling temperature when k > 1 "
+    s.add_argument("--temperature", type=nonnegative_float, default=0.5, help="sampling temperature when k > 1 "
                                                                    "(k = 1 is greedy)")
-    s.add_argument("--max-new-tokens", type=int, default=512)
-    s.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call")
+    s.add_argument("--max-new-tokens", type=positive_int, default=512)
+    s.add_argument("--batch-size", type=positive_int, default=32, help="prompts per sampler call")
     s.add_argument("--vote", default="sum", choices=("sum", "mean", "majority"),
                    help="sum: Eq. 14; mean and majority are extensions")
     s.add_argument("--format", default="multi", choices=("multi", "single", "judge"),
@@ -414,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(configs/prompts/)")
     s.add_argument("--meta-rm", help="meta reward model (checkpoint with value_head.npz) that keeps "
                                      "the k_meta best samples before voting")
-    s.add_argument("--k-meta", type=int, help="samples the meta RM keeps (default k/2)")
+    s.add_argument("--k-meta", type=positive_int, help="samples the meta RM keeps (default k/2)")
     s.add_argument("--system-prompt")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--summary", help="summary JSON (default: OUT with suffix .summary.json)")
@@ -453,11 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="the GRM being trained (HF dir or checkpoint)")
     s.add_argument("--data", required=True, help="GRM items (JSONL with rewards) or preference pairs")
     s.add_argument("--out", required=True, help="output JSONL of kept trajectories (SFT rows)")
-    s.add_argument("--n", type=int, default=3, help="N_RFT samples per item (default 3)")
+    s.add_argument("--n", type=positive_int, default=3, help="N_RFT samples per item (default 3)")
     s.add_argument("--hint", action="store_true", help="hinted sampling")
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--max-new-tokens", type=int, default=512)
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--temperature", type=nonnegative_float, default=1.0)
+    s.add_argument("--max-new-tokens", type=positive_int, default=512)
+    s.add_argument("--batch-size", type=positive_int, default=32)
     s.add_argument("--format", default="multi", choices=("multi", "single"))
     s.add_argument("--template")
     s.add_argument("--system-prompt")

@@ -16,10 +16,12 @@ DISTRIBUTED_HELP = (
 
 
 def add_distributed_options(p: argparse.ArgumentParser) -> None:
+    from grm_jax.cli import positive_int
+
     g = p.add_argument_group("multi-host")
     g.add_argument("--distributed", action="store_true", help=DISTRIBUTED_HELP)
     g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
-    g.add_argument("--num-processes", type=int, metavar="N", help="processes in the run (one per host)")
+    g.add_argument("--num-processes", type=positive_int, metavar="N", help="processes in the run (one per host)")
     g.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0..N-1")
 
 
@@ -61,7 +63,9 @@ def add_plan_parser(sub) -> None:
                "--accelerator tpu-v5p\n  grm-jax plan --config C.yaml --mesh fsdp=8 model=Qwen/Qwen2.5-7B")
     s.add_argument("--config", required=True, help="a run config (YAML)")
     s.add_argument("--mesh", help="data=..,fsdp=..,tensor=.. (default: the config's mesh, else fsdp=-1)")
-    s.add_argument("--devices", type=int, help="devices in the run (needed when an axis is -1)")
+    from grm_jax.cli import positive_int
+
+    s.add_argument("--devices", type=positive_int, help="devices in the run (needed when an axis is -1)")
     s.add_argument("--accelerator", choices=sorted(ACCELERATORS), help="check the peak against this chip")
     s.add_argument("--topology", metavar="NAME",
                    help="also compile the run's programs for this TPU topology with XLA's TPU compiler "
@@ -70,7 +74,8 @@ def add_plan_parser(sub) -> None:
                         "bound per program beside the shape-only estimate")
     s.add_argument("--attention", default="auto", metavar="IMPL[,IMPL]",
                    help="with --topology: the attention the programs compile with, or a comma list to "
-                        "compare (e.g. splash,xla); auto (the default) is splash on TPU")
+                        "compare memory (e.g. xla,splash: FLOPs and bytes are counted for the first); "
+                        "auto (the default) is splash on TPU")
     s.add_argument("--json", action="store_true", help="print the plan as JSON (with --topology: a 'programs' list)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. model=google/gemma-2-27b optim.grad_accum=16")
@@ -91,15 +96,15 @@ def _attention_impls(spec: str) -> list[str]:
 
 def _compile_for_topology(kind, raw, model_cfg, topo, mesh_shape, plan, impls, progress):
     """Per-program compiler figures (JSON-able), each beside the shape-only estimate of its phase,
-    for each attention implementation in `impls`."""
+    for each attention implementation in `impls`; FLOPs and bytes for the first of them only."""
     from grm_jax.aot import build_programs, compile_programs, compiled_json, topology_mesh
 
     mesh = topology_mesh(topo, mesh_shape)
     estimates = plan.phase_bytes()
     out = []
-    for impl in impls:
+    for i, impl in enumerate(impls):
         cfg = model_cfg.replace(attention_impl=impl)
-        for r in compile_programs(build_programs(kind, raw, cfg, mesh), cfg, progress=progress):
+        for r in compile_programs(build_programs(kind, raw, cfg, mesh), cfg, progress=progress, cost=i == 0):
             d = compiled_json(r, topo)
             d["estimated_bytes"] = estimates.get(r.phase)
             out.append(d)

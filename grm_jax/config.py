@@ -11,6 +11,7 @@ T = TypeVar("T")
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """cls's defaults, then the YAML file, then `key=value` overrides; validated by cls itself."""
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -25,6 +26,20 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
                 raise ValueError(f"override {item!r} is not key=value")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as e:
+    except (OmegaConfBaseException, yaml.YAMLError) as e:
         where = f" in {path}" if path else ""
         raise ValueError(f"config{where}: {str(e).splitlines()[0]}") from None
+
+
+def require_positive(obj, *names: str, allow_zero: bool = False) -> None:
+    """ValueError naming the first field of `obj` (a run config) that is not > 0 (or >= 0)."""
+    import math
+
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        ok = value >= 0 if allow_zero else value > 0
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"{name} must be a finite number {bound}, got {value}")

@@ -43,10 +43,15 @@ def parse_mesh_spec(spec: str) -> dict[str, int]:
         name, _, size = part.partition("=")
         if name not in MESH_AXES:
             raise ValueError(f"--mesh: unknown axis {name!r} in {spec!r}; axes are {MESH_AXES}")
+        if name in out:
+            raise ValueError(f"--mesh: axis {name!r} given twice in {spec!r}")
         try:
             out[name] = int(size)
         except ValueError:
             raise ValueError(f"--mesh: size of {name!r} must be an integer, got {size!r}") from None
+        if out[name] < 1 and out[name] != -1:
+            raise ValueError(f"--mesh: size of {name!r} must be >= 1 or -1 (the remaining devices), "
+                             f"got {out[name]}")
     return out
 
 

@@ -101,3 +101,54 @@ def test_no_weights(llama_dir):
 def test_not_a_model_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_hf(tmp_path, progress=False)
+
+
+# ---- bad values: usage errors naming the field, before any model loads (issue 16, item 8) -----
+
+@pytest.mark.parametrize("argv,needle", [
+    (["generate", "--model", "M", "--prompts", "P", "--out", "O", "--batch-size", "-1"], "--batch-size"),
+    (["generate", "--model", "M", "--prompts", "P", "--out", "O", "--batch-size", "0"], "--batch-size"),
+    (["generate", "--model", "M", "--prompts", "P", "--out", "O", "--temperature", "inf"], "--temperature"),
+    (["rft", "--model", "M", "--data", "I", "--out", "O", "--n", "0"], "--n"),
+    (["plan", "--config", "C", "--devices", "0"], "--devices"),
+    (["plan", "--config", "C", "--devices", "-3"], "--devices"),
+])
+def test_bad_flag_values_are_usage_errors(argv, needle, capsys):
+    from grm_jax.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind,override,needle", [
+    ("sft", "save_every=0", "save_every"), ("sft", "keep=0", "keep"), ("sft", "batch_size=-4", "batch_size"),
+    ("sft", "optim.grad_accum=3", "grad_accum"), ("grpo", "inner_iters=0", "inner_iters"),
+    ("grpo", "beta=-1", "beta"), ("grpo", "eps=-0.5", "eps"), ("grpo", "keep=0", "keep"),
+    ("grpo", "temperature=inf", "temperature"),
+])
+def test_bad_run_config_values_name_the_field(kind, override, needle):
+    from grm_jax.config import load_config
+    from grm_jax.train.grpo import GRPOConfig
+    from grm_jax.train.sft import SFTConfig
+
+    cls = SFTConfig if kind == "sft" else GRPOConfig
+    with pytest.raises(ValueError, match=needle):
+        load_config(cls, None, ["model=m", "data=d", "out=o", override])
+
+
+def test_malformed_yaml_and_mesh_specs(tmp_path):
+    from grm_jax.config import load_config
+    from grm_jax.sharding import parse_mesh_spec
+    from grm_jax.train.sft import SFTConfig
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\nsteps: 3\n")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        load_config(SFTConfig, bad)
+    with pytest.raises(ValueError, match="given twice"):
+        parse_mesh_spec("fsdp=-1,fsdp=1")
+    with pytest.raises(ValueError, match=">= 1 or -1"):
+        parse_mesh_spec("fsdp=-3")

@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 from omegaconf import MISSING
 
+from grm_jax.config import require_positive
 from grm_jax.models.config import ModelConfig
 from grm_jax.models.logprobs import token_logprobs
 from grm_jax.train.optim import OptimConfig
@@ -72,6 +73,9 @@ class GRPOConfig:
             raise ValueError(f"kl must be one of {KL_ESTIMATORS} and aggregation one of {AGGREGATIONS}")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2 (advantages are normalized within a group)")
+        require_positive(self, "steps", "prompts_per_step", "max_new_tokens", "max_prompt_length", "temperature",
+                         "inner_iters", "eps", "eps_high", "save_every", "keep", "chunk")
+        require_positive(self, "beta", allow_zero=True)
         if self.prompts_per_step * self.group_size % self.optim.grad_accum:
             raise ValueError("prompts_per_step * group_size must split into optim.grad_accum microbatches")
 
