@@ -3,9 +3,45 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
+
+
+def _stamp() -> str:
+    """A unique suffix naming this process: HEX-PID@HOST (what stale-leftover cleanup reads)."""
+    return f"{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
+
+
+def _owner_gone(stamp: str) -> bool:
+    """True when `stamp` (from `_stamp`) names a process of this host that no longer runs."""
+    try:
+        pid, host = stamp.split("-", 1)[1].split("@", 1)
+        pid = int(pid)
+    except (IndexError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def remove_stale_leftovers(out: Path) -> list[Path]:
+    """Removes `.NAME.tmp-*` / `.NAME.old-*` beside `out` left by a killed writer of this host."""
+    removed = []
+    for kind in ("tmp", "old"):
+        for p in out.parent.glob(f".{out.name}.{kind}-*"):
+            if _owner_gone(p.name.split(f".{kind}-", 1)[1]):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
@@ -21,9 +57,14 @@ def atomic_directory(out: str | Path, *, overwrite: bool = False):
     from grm_jax import distributed
 
     out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory; this output is a directory "
+                              "(--overwrite replaces a directory, never a file)")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    tmp = out.parent / f".{out.name}.tmp-{distributed.same_on_all(uuid.uuid4().hex[:8])}"
+    if distributed.is_main():
+        remove_stale_leftovers(out)
+    tmp = out.parent / f".{out.name}.tmp-{distributed.same_on_all(_stamp())}"
     if not distributed.is_main():
         distributed.barrier(f"mkdir {tmp}")
         yield tmp
@@ -36,7 +77,7 @@ def atomic_directory(out: str | Path, *, overwrite: bool = False):
         yield tmp
         distributed.barrier(f"written {tmp}")
         if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            old = out.parent / f".{out.name}.old-{_stamp()}"
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old)
@@ -51,6 +92,9 @@ def atomic_directory(out: str | Path, *, overwrite: bool = False):
 def check_writable(*paths: str | Path, overwrite: bool = False) -> None:
     """Refuses before any work is done if an output exists and `overwrite` is not set."""
     for p in paths:
+        if p is not None and Path(p).is_dir():
+            raise FileExistsError(f"{p} is a directory; this output is a file (--overwrite replaces a "
+                                  "file, never a directory)")
         if p is not None and Path(p).exists() and not overwrite:
             raise FileExistsError(f"{p} already exists; pass --overwrite to replace it")
 
@@ -60,7 +104,8 @@ def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -
     path = Path(path).absolute()
     check_writable(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_leftovers(path)
+    tmp = path.parent / f".{path.name}.tmp-{_stamp()}"
     try:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)

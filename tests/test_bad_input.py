@@ -1,6 +1,9 @@
-"""Bad checkpoints give clear errors naming the file and the tensor."""
+"""Bad checkpoints give clear errors naming the file and the tensor; bad flag and config values are
+usage errors naming the field; outputs of the wrong kind are refused and killed writers' leftovers
+removed."""
 
 import json
+import os
 import shutil
 import struct
 
@@ -152,3 +155,44 @@ def test_malformed_yaml_and_mesh_specs(tmp_path):
         parse_mesh_spec("fsdp=-1,fsdp=1")
     with pytest.raises(ValueError, match=">= 1 or -1"):
         parse_mesh_spec("fsdp=-3")
+
+
+# ---- outputs of the wrong kind and leftovers of killed writers (issue 16, item 9) -------------
+
+def test_overwrite_refuses_the_wrong_kind_of_target(tmp_path):
+    from grm_jax.atomic import atomic_directory, check_writable
+
+    a_dir, a_file = tmp_path / "scores", tmp_path / "export"
+    a_dir.mkdir()
+    a_file.write_text("keep me")
+    with pytest.raises(FileExistsError, match="is a directory"):
+        check_writable(a_dir, overwrite=True)
+    with pytest.raises(FileExistsError, match="not a directory"):
+        with atomic_directory(a_file, overwrite=True) as tmp:
+            (tmp / "x").write_text("new")
+    assert a_file.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "scores"]  # nothing left behind
+
+
+def test_leftovers_of_a_killed_writer_are_removed_on_the_next_run(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from grm_jax.atomic import atomic_directory, atomic_write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    out = tmp_path / "export"
+    stale = [tmp_path / f".export.tmp-0badc0de-{dead}@{host}", tmp_path / f".export.old-0badc0de-{dead}@{host}",
+             tmp_path / f".out.jsonl.tmp-0badc0de-{dead}@{host}"]
+    live = tmp_path / f".export.tmp-0badc0de-{os.getpid()}@{host}"  # a writer still running: kept
+    other = tmp_path / f".export.tmp-0badc0de-{dead}@another-host"   # another host's: not ours to judge
+    for p in [*stale, live, other]:
+        p.mkdir() if "jsonl" not in p.name else p.write_text("partial")
+    with atomic_directory(out) as tmp:
+        (tmp / "config.json").write_text("{}")
+    atomic_write_text(tmp_path / "out.jsonl", "{}\n")
+    assert not any(p.exists() for p in stale)
+    assert live.exists() and other.exists() and (out / "config.json").exists()
