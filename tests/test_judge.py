@@ -131,6 +131,28 @@ def test_known_answers_through_shuffles(scripted, tmp_path):
     assert curve[2]["accuracy"] == 1.0 and curve[0]["accuracy"] < 1.0 and curve[0]["draws"] == 16
 
 
+@pytest.mark.parametrize("reply,wrong,ties", [("Analysis: no idea", 8, 0), ("Scores: \\boxed{5, 5}", 0, 8)])
+def test_unparsed_items_count_wrong_and_tie_breaks_are_counted(reply, wrong, ties, scripted, tmp_path, monkeypatch):
+    """Every sample unparseable: the random tie-break would guess right about half the time, but an
+    item with nothing to vote on is wrong. Equal boxed scores are a real tie: still broken at
+    random (the paper's rule), and counted."""
+    items, _, _ = read_items(_jsonl(tmp_path / "i.jsonl", [ITEMS[1]] * 4 + [ITEMS[3]] * 4))
+
+    def fixed(params, config, prompts, *, max_new_tokens, stop_tokens, **_):
+        ids = scripted.encode(reply, add_special_tokens=False) + [stop_tokens[0]]
+        tokens = np.asarray([ids] * len(prompts), np.int32)
+        return Samples(tokens, np.full(len(prompts), len(ids)), np.zeros(tokens.shape, np.float32),
+                       np.ones(len(prompts), bool))
+    monkeypatch.setattr(judge_mod, "generate", fixed)
+    judged = judge_items(None, None, scripted, items, JudgeOptions(k=2, batch_size=8), progress=False)
+    s = summarize(judged, "grm", {})
+    assert s["items_without_parsed_sample"] == wrong and s["items_decided_by_tie_break"] == ties
+    if wrong:
+        assert s["accuracy_at_1"] == 0.0 and not any(r["correct"] for r in judged["results"])
+    else:
+        assert 0.0 < s["accuracy_at_1"] < 1.0  # 8 coin flips between two responses, seeded
+
+
 def test_meta_rm_keeps_the_samples_it_rates_highest(scripted, tmp_path, monkeypatch, grm_model):
     items, _, _ = read_items(_jsonl(tmp_path / "i.jsonl", ITEMS[:1]))
     # The meta RM (faked) rates the failed samples highest: with k_meta = 2 of 6 only failures are

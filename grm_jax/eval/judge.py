@@ -102,6 +102,8 @@ def _item_correct(item: Item, choice: int, parsed: list) -> bool | None:
         return None
     if len(item.rewards) == 1:
         return bool(parsed) and round(float(np.mean([p[0] for p in parsed]))) == item.rewards[0]
+    if not parsed:  # nothing to vote with: wrong, not a coin flip (the random tie-break is for real ties)
+        return False
     return item.rewards[choice] == max(item.rewards)
 
 
@@ -199,6 +201,8 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
             r["kept"] = kept
         parsed = [r["samples"][j]["scores"] for j in kept if r["samples"][j]["scores"] is not None]
         r["correct"] = _item_correct(r["item"], choice, parsed)
+        r["parsed_samples"] = len(parsed)
+        r["tie_break"] = bool(parsed) and int(np.sum(np.asarray(votes) == np.max(votes))) > 1
     timing = {"prompts": len(jobs), "batch_size": opts.batch_size, "sampling_s": round(seconds, 3),
               "prompts_per_s": len(jobs) / seconds if seconds else float("nan"),
               "new_tokens": new_tokens, "new_tokens_per_s": new_tokens / seconds if seconds else float("nan"),
@@ -284,6 +288,9 @@ def summarize(judged: dict, layout: str, bad: dict[int, str]) -> dict:
     multi = [r for r in scored if len(r["item"].responses) >= 2]
     if multi:
         out["accuracy_at_1"] = float(np.mean([r["correct"] for r in multi]))
+        # Counted wrong above; and how many of the right ones a random tie-break decided.
+        out["items_without_parsed_sample"] = sum(r["parsed_samples"] == 0 for r in multi)
+        out["items_decided_by_tie_break"] = sum(bool(r["tie_break"]) for r in multi)
     pairs = [r for r in scored if len(r["item"].responses) == 2]
     if pairs:
         groups: dict[str, list] = {}
@@ -328,7 +335,8 @@ def item_line(r: dict) -> dict:
     if item.pair is not None:
         line["pair"] = list(item.pair)
     line.update({"n": len(item.responses), "rewards": None if item.rewards is None else list(item.rewards),
-                 "samples": r["samples"], "votes": r["votes"], "choice": r["choice"], "correct": r["correct"]})
+                 "samples": r["samples"], "votes": r["votes"], "choice": r["choice"], "correct": r["correct"],
+                 "parsed_samples": r["parsed_samples"], "tie_break": r["tie_break"]})
     if "kept" in r:
         line["kept"] = r["kept"]
     return line
@@ -442,6 +450,9 @@ def format_summary(s: dict) -> str:
             lines.append(f"{label}: {s[key]:.4f}")
     for g, v in s.get("pairwise_per_subset", {}).items():
         lines.append(f"  {g}: {v['accuracy']:.4f} ({v['count']})")
+    if "items_decided_by_tie_break" in s:
+        lines.append(f"items with no parsed sample (counted wrong): {s['items_without_parsed_sample']}; "
+                     f"decided by a random tie-break: {s['items_decided_by_tie_break']}")
     if "rmbench" in s:
         o = s["rmbench"]["overall"]
         lines.append(f"RM-Bench: hard {o['hard']:.4f} normal {o['normal']:.4f} easy {o['easy']:.4f} avg {o['avg']:.4f}")
