@@ -39,6 +39,21 @@ class Encoded:
         return len(self.ids)
 
 
+def check_unicode(value, field: str) -> None:
+    """PromptError naming `field` when a string in `value` (a string, or messages) is not valid
+    Unicode: JSON can carry a lone surrogate ("\\ud800") that no tokenizer accepts."""
+    texts = [value] if isinstance(value, str) else [m.get("content") for m in value if isinstance(m, dict)] \
+        if isinstance(value, (list, tuple)) else []
+    for text in texts:
+        if not isinstance(text, str):
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise PromptError(f"field {field!r} is not valid Unicode: {e.reason} "
+                              f"(U+{ord(text[e.start]):04X} at character {e.start})") from None
+
+
 def _as_messages(prompt: str | Messages, system: str | None) -> Messages:
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
@@ -79,6 +94,7 @@ class ChatFormatter:
 
     def prompt_ids(self, prompt: str | Messages) -> list[int]:
         """Token ids of the prompt, ready for the model to write the response."""
+        check_unicode(prompt, "prompt")
         if not self.use_template:
             ids = self._plain_prompt(prompt)
         else:
@@ -102,6 +118,8 @@ class ChatFormatter:
         """prompt + response ids and where the response starts, cut to `max_length` if given."""
         if not isinstance(response, str):
             raise PromptError(f"response must be a string, got {type(response).__name__}")
+        check_unicode(prompt, "prompt")
+        check_unicode(response, "response")
         if self.use_template:
             ids, start = self._encode_template(prompt, response)
         else:

@@ -49,7 +49,11 @@ def generate_file(model: str | Path, prompts: str | Path, out: str | Path, *,
         prompt, why = _prompt_of(row)
         if why is None:
             try:
-                todo.append((i, formatter.prompt_ids(prompt)))
+                ids = formatter.prompt_ids(prompt)
+                if len(ids) + max_new_tokens > cfg.max_position:
+                    raise PromptError(f"the prompt has {len(ids)} tokens; with max_new_tokens {max_new_tokens} "
+                                      f"that is more than the model's {cfg.max_position} positions")
+                todo.append((i, ids))
                 continue
             except PromptError as e:
                 why = str(e)

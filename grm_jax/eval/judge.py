@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from grm_jax.data.chat import ChatFormatter, Encoded
+from grm_jax.data.chat import ChatFormatter, Encoded, PromptError
 from grm_jax.data.grm_items import Item
 from grm_jax.data.pipeline import collate
 from grm_jax.eval.preference import rmbench_levels
@@ -125,8 +125,11 @@ def _combine(item: Item, index: int, samples: list[dict], keep: Sequence[int], o
 
 def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOptions, *,
                 meta: MetaRM | None = None, mesh: Mesh | None = None, progress: bool = True,
-                hinted: bool = False) -> dict:
+                hinted: bool = False, bad: dict | None = None, source: str = "data") -> dict:
     """Samples, parses and votes; returns {"results": per-item dicts, "timing": {...}}.
+
+    With `bad` (row -> message), an item whose prompt is not valid text or too long for the
+    model is recorded there (naming `source`, the file) and left out; without it, it raises.
 
     `hinted` (for rejective fine-tuning) adds one more sample per item with n >= 2 and ground
     truth, whose prompt names the best response (HINT); it is marked "hinted" and never voted.
@@ -135,21 +138,37 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
     template = load_template(opts.template or fmt.template)
     formatter = ChatFormatter(tokenizer, system_prompt=opts.system_prompt)
     stop = formatter.stop_ids()
+    limit = None if config is None else config.max_position - opts.max_new_tokens
     jobs = []  # (item index, sample index, permutation, grm prompt text, prompt ids)
+    skipped = set()
     for i, item in enumerate(items):
         if fmt.low == 0 and fmt.high == 1 and len(item.responses) != 1:
             raise ValueError(f"row {item.row}: the single-response format scores one response, "
                              f"got {len(item.responses)}")
-        for j in range(opts.k):
-            perm = _sample_rng(opts.seed, i, j).permutation(len(item.responses))
-            text = render(template, item.prompt, [item.responses[p] for p in perm])
-            jobs.append((i, j, perm, text, formatter.prompt_ids(text)))
-        if hinted and item.rewards is not None and len(item.responses) >= 2:
-            perm = _sample_rng(opts.seed, i, opts.k).permutation(len(item.responses))
-            best = int(np.argmax(item.rewards))
-            shown = int(np.flatnonzero(perm == best)[0]) + 1
-            text = render(template, item.prompt, [item.responses[p] for p in perm]) + HINT.format(shown)
-            jobs.append((i, opts.k, perm, text, formatter.prompt_ids(text)))
+        mine = []
+        try:
+            for j in range(opts.k):
+                perm = _sample_rng(opts.seed, i, j).permutation(len(item.responses))
+                text = render(template, item.prompt, [item.responses[p] for p in perm])
+                mine.append((i, j, perm, text, formatter.prompt_ids(text)))
+            if hinted and item.rewards is not None and len(item.responses) >= 2:
+                perm = _sample_rng(opts.seed, i, opts.k).permutation(len(item.responses))
+                best = int(np.argmax(item.rewards))
+                shown = int(np.flatnonzero(perm == best)[0]) + 1
+                text = render(template, item.prompt, [item.responses[p] for p in perm]) + HINT.format(shown)
+                mine.append((i, opts.k, perm, text, formatter.prompt_ids(text)))
+            longest = max(len(job[4]) for job in mine)
+            if limit is not None and longest > limit:
+                raise PromptError(f"the GRM prompt has {longest} tokens, more than the {limit} the model's "
+                                  f"{config.max_position} positions leave beside max_new_tokens "
+                                  f"{opts.max_new_tokens}")
+        except PromptError as e:
+            if bad is None:
+                raise
+            bad[item.row] = f"{source}: row {item.row}: {e}"
+            skipped.add(i)
+            continue
+        jobs += mine
 
     strategy = Greedy() if opts.k == 1 else Temperature(opts.temperature)
     order = sorted(range(len(jobs)), key=lambda t: -len(jobs[t][4]))
@@ -168,7 +187,8 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
     bar.close()
     seconds = time.perf_counter() - t0
 
-    results = [{"item": item, "samples": []} for item in items]
+    # Keyed by the item's index in `items` (what seeds its shuffles and tie-break).
+    results = {i: {"item": item, "samples": [], "index": i} for i, item in enumerate(items) if i not in skipped}
     for t, (i, j, perm, text, _) in enumerate(jobs):
         reply, n_tokens, stopped = replies[t]
         item = items[i]
@@ -185,15 +205,16 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
     meta_seconds = 0.0
     if meta is not None:
         t1 = time.perf_counter()
+        pairs = [(i, j) for i in results for j in range(opts.k)]
         texts = [render_meta(meta.template, results[i]["_prompts"][j], results[i]["samples"][j]["text"])
-                 for i in range(len(items)) for j in range(opts.k)]
+                 for i, j in pairs]
         values = meta_values(meta, texts, batch_size=opts.batch_size, mesh=mesh)
-        for (i, j), v in zip(((i, j) for i in range(len(items)) for j in range(opts.k)), values):
+        for (i, j), v in zip(pairs, values):
             results[i]["samples"][j]["meta"] = float(v)
         meta_seconds = time.perf_counter() - t1
 
     k_meta = None if meta is None else (opts.k_meta or max(1, opts.k // 2))
-    for i, r in enumerate(results):
+    for i, r in results.items():
         r["prompts"] = r.pop("_prompts", [])
         votes, choice, kept = _combine(r["item"], i, r["samples"], list(range(opts.k)), opts, k_meta)
         r["votes"], r["choice"] = [float(v) for v in votes], choice
@@ -207,7 +228,7 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
               "prompts_per_s": len(jobs) / seconds if seconds else float("nan"),
               "new_tokens": new_tokens, "new_tokens_per_s": new_tokens / seconds if seconds else float("nan"),
               "meta_s": round(meta_seconds, 3)}
-    return {"results": results, "timing": timing, "k_meta": k_meta}
+    return {"results": list(results.values()), "timing": timing, "k_meta": k_meta}
 
 
 def meta_values(meta: MetaRM, texts: Sequence[str], *, batch_size: int = 32,
@@ -254,7 +275,8 @@ def scaling_curve(judged: dict, ks: Sequence[int], opts: JudgeOptions) -> list[d
         draws = 1 if k == opts.k else opts.scaling_draws
         k_meta = None if judged["k_meta"] is None else min(judged["k_meta"], max(1, k // 2))
         hits, count = 0.0, 0
-        for i, r in enumerate(results):
+        for r in results:
+            i = r["index"]
             if r["correct"] is None:
                 continue
             for d in range(draws):
@@ -408,7 +430,8 @@ def judge_file(model: str | Path, data: str | Path, out: str | Path, *, opts: Ju
     items, bad, layout = read_items(data)
     cfg, params, tok_dir, tokenizer = load_with_tokenizer(model, mesh=mesh, progress=progress)
     meta = load_meta_rm(meta_rm, mesh=mesh) if meta_rm else None
-    judged = judge_items(params, cfg, tokenizer, items, opts, meta=meta, mesh=mesh, progress=progress) \
+    judged = judge_items(params, cfg, tokenizer, items, opts, meta=meta, mesh=mesh, progress=progress,
+                         bad=bad, source=str(data)) \
         if items else {"results": [], "timing": {}, "k_meta": None}
 
     lines, by_row = [], {}

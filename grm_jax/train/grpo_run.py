@@ -49,8 +49,12 @@ def load_prompts(cfg: GRPOConfig, formatter: ChatFormatter, log=print, select=No
             key = [cfg.seed, item.row - 1] + ([3 * item.pair[0] + item.pair[1]] if item.pair else [])
             perm = np.random.default_rng(key).permutation(len(item.responses))
             text = render(template, item.prompt, [item.responses[p] for p in perm])
-            prompts.append(RLPrompt(item.row, formatter.prompt_ids(text), rewards=item.rewards,
-                                    perm=tuple(int(p) for p in perm)))
+            try:
+                ids = formatter.prompt_ids(text)
+            except PromptError as e:
+                bad[item.row] = f"{cfg.data}: row {item.row}: {e}"
+                continue
+            prompts.append(RLPrompt(item.row, ids, rewards=item.rewards, perm=tuple(int(p) for p in perm)))
     else:
         for i, row in read_row_subset(cfg.data, select):
             prompt = row.get("prompt") if row.get("prompt") is not None else row.get("messages")

@@ -65,10 +65,11 @@ def run_rft(model, data, out, *, n: int = 3, hinted: bool = False, opts: JudgeOp
     for it in missing:
         bad[it.row] = f"{data}: row {it.row}: rejective sampling needs 'rewards'"
     items = [it for it in items if it.rewards is not None]
+    cfg, params, tok_dir, tokenizer = load_with_tokenizer(model, mesh=mesh, progress=progress)
+    judged = judge_items(params, cfg, tokenizer, items, opts, mesh=mesh, progress=progress, hinted=hinted,
+                         bad=bad, source=str(data))
     for i in sorted(bad)[:20]:
         log(f"bad row: {bad[i]}")
-    cfg, params, tok_dir, tokenizer = load_with_tokenizer(model, mesh=mesh, progress=progress)
-    judged = judge_items(params, cfg, tokenizer, items, opts, mesh=mesh, progress=progress, hinted=hinted)
     rows, counts = select_trajectories(judged, opts.k, opts.system_prompt)
     counts.update({"bad_rows": len(bad), "n_rft": opts.k, "hinted_sampling": hinted,
                    "prompts_per_s": judged["timing"].get("prompts_per_s")})
