@@ -31,11 +31,23 @@ def load_any(src: str | Path, *, mesh: Mesh | None = None, param_dtype: str | No
                             "grm-jax model checkpoint (model_config.json + params/)")
 
 
+def load_tokenizer(directory: str | Path):
+    """The tokenizer its files describe (tokenizer_config.json's class, tokenizer.json), the same
+    for an HF model directory and for the checkpoint imported from it.
+
+    transformers picks the class from config.json's model_type when that file sits beside the
+    tokenizer (Qwen2Tokenizer for qwen2), which rebuilds the pre-tokenizer and can encode the same
+    text to other ids than the saved tokenizer.json; a checkpoint's tokenizer/ has no
+    config.json. A blank model config makes both forms load what the tokenizer files say.
+    """
+    from transformers import AutoTokenizer, PretrainedConfig
+
+    return AutoTokenizer.from_pretrained(str(directory), config=PretrainedConfig())
+
+
 def load_with_tokenizer(src: str | Path, *, mesh: Mesh | None = None, progress: bool = True):
     """(ModelConfig, params, tokenizer directory, tokenizer) of a model that must have one."""
-    from transformers import AutoTokenizer
-
     cfg, params, tok_dir = load_any(src, mesh=mesh, progress=progress)
     if tok_dir is None:
         raise FileNotFoundError(f"{src}: no tokenizer files next to the model")
-    return cfg, params, tok_dir, AutoTokenizer.from_pretrained(str(tok_dir))
+    return cfg, params, tok_dir, load_tokenizer(tok_dir)

@@ -4,6 +4,7 @@ valid Unicode (a lone surrogate, valid JSON) and prompts too long for the model,
 
 import json
 
+from grm_jax.loading import load_tokenizer
 from grm_jax.cli import main
 
 SURROGATE = "\ud800 x"  # json.dumps writes it as the escape \ud800: valid JSON, invalid Unicode
@@ -60,13 +61,33 @@ def test_judge_reports_bad_and_overlong_items(tmp_path, grm_model, capsys):
 
 
 def test_sft_reader_reports_a_lone_surrogate_row(tmp_path, chat_model):
-    from transformers import AutoTokenizer
-
+    
     from grm_jax.data.chat import ChatFormatter
     from grm_jax.data.pipeline import read_sft
 
     data = _jsonl(tmp_path / "sft.jsonl", [{"prompt": "hi", "response": "hello"},
                                            {"prompt": "hi", "response": SURROGATE}])
-    formatter = ChatFormatter(AutoTokenizer.from_pretrained(str(chat_model)))
+    formatter = ChatFormatter(load_tokenizer(chat_model))
     examples, bad, _ = read_sft(data, formatter, 64)
     assert [i for i, _ in examples] == [1] and "not valid Unicode" in bad[2]
+
+
+def test_an_hf_dir_and_its_checkpoint_score_identically(tmp_path, chat_model):
+    """One tokenizer path for every form of a model (issue 16, item 2): with config.json beside the
+    tokenizer, transformers would pick Qwen2Tokenizer and encode "is 5" otherwise than the saved
+    tokenizer.json, which the checkpoint's tokenizer/ (no config.json) uses."""
+    from grm_jax.loading import load_with_tokenizer
+
+    text = "What is 1+1? The answer is 5."
+    ckpt = tmp_path / "ckpt"
+    assert main(["import-hf", str(chat_model), str(ckpt)]) == 0
+    ids = [load_with_tokenizer(m, progress=False)[3].encode(text) for m in (chat_model, ckpt)]
+    assert ids[0] == ids[1]
+    data = _jsonl(tmp_path / "rb.jsonl", [{"prompt": "What is 1+1?", "chosen": "The answer is 5.",
+                                           "rejected": "is 5 or 6"}])
+    rewards = []
+    for name, model in (("hf", chat_model), ("ckpt", ckpt)):
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["score", "--model", str(model), "--data", data, "--out", str(out)]) == 0
+        rewards.append(_lines(out))
+    assert rewards[0] == rewards[1]

@@ -7,9 +7,9 @@ import re
 import jax
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
 
 import grm_jax.eval.judge as judge_mod
+from grm_jax.loading import load_tokenizer
 from grm_jax.cli import main
 from grm_jax.data.grm_items import read_items
 from grm_jax.eval.judge import JudgeOptions, judge_file, judge_items, scaling_curve, summarize
@@ -81,7 +81,7 @@ def test_end_to_end_accounting_on_a_tiny_random_grm(tmp_path, grm_model):
 def scripted(monkeypatch, grm_model):
     """Replace the sampler: reply 9 for the shown response marked GOOD, 2 for the others; every
     third sample writes garbage, so parse failures are known too."""
-    tok = AutoTokenizer.from_pretrained(str(grm_model))
+    tok = load_tokenizer(grm_model)
     calls = {"n": 0}
 
     def fake_generate(params, config, prompts, *, max_new_tokens, stop_tokens, **_):

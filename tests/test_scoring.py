@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
 
+from grm_jax.loading import load_tokenizer
 from grm_jax.data.chat import ChatFormatter, PromptError, _truncate
 from grm_jax.data.preference import DataError, detect_layout, read_rows, validate
 from grm_jax.eval.preference import pair_accuracy, rmbench_levels, rmbench_matrix, rmbench_summary
@@ -14,7 +14,7 @@ from grm_jax.eval.score import ScoreOptions, score_file
 
 @pytest.fixture(scope="module")
 def tok(chat_model):
-    return AutoTokenizer.from_pretrained(str(chat_model))
+    return load_tokenizer(chat_model)
 
 
 def test_template_response_span_is_exactly_the_response_and_end_of_turn(tok):

@@ -494,7 +494,7 @@ class Demo:
         from grm_jax.data.chat import ChatFormatter
         from grm_jax.data.pipeline import collate
         from grm_jax.hf import export_hf
-        from grm_jax.loading import load_with_tokenizer
+        from grm_jax.loading import load_tokenizer, load_with_tokenizer
         from grm_jax.models import Decoder
 
         cfg, params, tok_dir, tokenizer = load_with_tokenizer(model, progress=False)
@@ -516,10 +516,7 @@ class Demo:
         tokens, positions = b["tokens"], b["positions"]
         ours, _ = Decoder(cfg).apply({"params": params}, tokens, positions)
         back = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-        # AutoTokenizer would pick Qwen2Tokenizer from config.json's model_type and replace the
-        # saved pre-tokenizer (digits split, merges across words) with Qwen2's own, changing the
-        # ids; the tokenizer.json itself is loaded as saved by PreTrainedTokenizerFast.
-        reloaded_tok = transformers.PreTrainedTokenizerFast.from_pretrained(hf_dir)
+        reloaded_tok = load_tokenizer(hf_dir)  # as grm-jax loads any model's tokenizer
         with torch.no_grad():
             ref = back(input_ids=torch.tensor(tokens, dtype=torch.long),
                        attention_mask=torch.tensor(positions >= 0, dtype=torch.long)).logits.numpy()
