@@ -56,6 +56,27 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, chat_model):
         run_sft(_cfg(chat_model, data, tmp_path / "b"), progress=False)
 
 
+def test_resume_refuses_another_run_in_the_same_out(tmp_path, chat_model, grm_model):
+    """Resuming must continue the same run (issue 16, item 3): another model, data, batch or
+    optimizer setting in the same out is refused naming what differs, before anything is
+    restored; steps below the saved step too. How long and how it saves may change."""
+    data = _sft_data(tmp_path / "sft.jsonl")
+    out = tmp_path / "run"
+    run_sft(_cfg(chat_model, data, out), progress=False, stop_after=3, log=lambda *_: None)
+    with pytest.raises(ValueError, match="another run.*model: "):
+        run_sft(_cfg(grm_model, data, out), progress=False, log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"optim\.lr: 0\.001 -> 0\.002"):
+        run_sft(_cfg(chat_model, data, out, **{"optim.lr": 2e-3}), progress=False, log=lambda *_: None)
+    with pytest.raises(ValueError, match="batch_size: 4 -> 2"):
+        run_sft(_cfg(chat_model, data, out, batch_size=2), progress=False, log=lambda *_: None)
+    with pytest.raises(ValueError, match="past steps=2"):
+        run_sft(_cfg(chat_model, data, out, steps=2), progress=False, log=lambda *_: None)
+    assert not (out / "final").exists()
+    logs = []
+    summary, _ = run_sft(_cfg(chat_model, data, out, save_every=3), progress=False, log=logs.append)
+    assert summary["status"] == "done" and any("resumed from" in m and "step 3" in m for m in logs)
+
+
 def test_an_unreadable_step_falls_back_to_the_previous_one(tmp_path, chat_model):
     data = _sft_data(tmp_path / "sft.jsonl")
     run_sft(_cfg(chat_model, data, tmp_path / "r"), progress=False, stop_after=4, log=lambda *_: None)
@@ -75,7 +96,8 @@ def test_sigterm_saves_a_restorable_checkpoint(tmp_path, chat_model):
     out = tmp_path / "run"
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", "grm_jax.cli", "sft", f"model={chat_model}", f"data={data}", f"out={out}",
-           "steps=100000", "batch_size=4", "max_length=64", "save_every=100000", "chunk=16"]
+           "steps=100000", "batch_size=4", "max_length=64", "save_every=100000", "chunk=16", "optim.lr=1e-3",
+           "optim.warmup_steps=1"]  # the settings _cfg resumes it with
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 240

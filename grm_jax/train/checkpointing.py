@@ -53,12 +53,39 @@ class RunCheckpointer:
             return step, got.state, dict(got.data), dict(got.config)
         return None
 
+    def saved_config(self, step: int) -> dict:
+        """The run config saved with `step` (nothing else is read)."""
+        got = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return dict(got.config)
+
     def wait(self):
         self.manager.wait_until_finished()
 
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+# Run-config fields a resumed run may change: how long it runs, how it saves, how it is laid out
+# and computed. Everything else (model, data, shapes, optimizer, reward, seed...) is the run's
+# identity: resuming under another would continue one run with the settings of another.
+RESUMABLE_CHANGES = ("steps", "save_every", "keep", "mesh", "data_shards", "unroll_layers", "remat",
+                     "chunk", "optim.total_steps")
+
+
+def identity_changes(saved: dict, now: dict) -> list[str]:
+    """'field: saved -> now' for each identity field (dotted) that differs between two run configs."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+    a, b = flat(saved), flat(now)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k)]
 
 
 def abstract_like(tree):

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
-from grm_jax.train.checkpointing import RunCheckpointer, abstract_like
+from grm_jax.train.checkpointing import RESUMABLE_CHANGES, RunCheckpointer, abstract_like, identity_changes
 
 
 class _Preempted:
@@ -65,10 +65,20 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     main = jax.process_index() == 0  # only process 0 writes metrics, TensorBoard and the bar
+    saved_steps = checkpointer.steps()
+    if saved_steps:  # a resume: the checkpoints must be this run's
+        changes = identity_changes(checkpointer.saved_config(saved_steps[-1]), run_config)
+        if changes:
+            raise ValueError(f"{checkpointer.directory} holds checkpoints of another run; resuming would "
+                             f"mix them: {'; '.join(changes[:6])}. Rerun with the same settings (only "
+                             f"{', '.join(RESUMABLE_CHANGES)} may change) or choose another out")
     restored = checkpointer.restore(abstract_like(state), log=log)
     start = 0
     if restored is not None:
         start, state, data, _ = restored
+        if start > total_steps:
+            raise ValueError(f"{checkpointer.directory}: the run is at step {start}, past steps={total_steps}; "
+                             f"set steps >= {start} to go on")
         restore_data(data)
         if main:
             _trim_metrics(metrics_path, start)
