@@ -392,12 +392,18 @@ def _compile(fn, args, static=()):
         return lowered.compile()
 
 
-def _cost(fn, args, static=()) -> tuple[float, float]:
-    """(FLOPs, bytes accessed) per device; `fn` may be an already compiled program (args None)."""
+def _cost(fn, args, static=(), *, hbm: bool = False):
+    """(FLOPs, bytes accessed) per device; `fn` may be an already compiled program (args None).
+    With `hbm`, a third figure: the HBM bytes it moves (`hlo_traffic.hbm_bytes`)."""
     compiled = fn if args is None else _compile(fn, args, static)
     c = compiled.cost_analysis()
     c = c[0] if isinstance(c, (list, tuple)) else c
-    return float(c.get("flops", 0.0)), float(c.get("bytes accessed", 0.0))
+    out = (float(c.get("flops", 0.0)), float(c.get("bytes accessed", 0.0)))
+    if hbm:
+        from grm_jax.hlo_traffic import hbm_bytes
+
+        out += (hbm_bytes(compiled.as_text()),)
+    return out
 
 
 def layer_variants(cfg: ModelConfig) -> list[tuple[ModelConfig, dict]]:
@@ -427,12 +433,13 @@ def program_cost(p: Program, cfg: ModelConfig, parts: dict | None = None) -> tup
         for i, part in enumerate(p.cost_parts(variant)):
             fn, args, times = part[:3]
             static = part[3] if len(part) > 3 else ()
-            f, b = _cost(fn, args, static)
+            want_hbm = parts is not None and p.decode is not None and i == 1  # the decode step
+            f, b, *h = _cost(fn, args, static, hbm=want_hbm)
             total_f += weight * times * f
             total_b += weight * times * b
             if parts is not None:
-                pf, pb = parts.get(i, (0.0, 0.0))
-                parts[i] = (pf + weight * f, pb + weight * b)
+                pf, pb, ph = parts.get(i, (0.0, 0.0, 0.0))
+                parts[i] = (pf + weight * f, pb + weight * b, ph + weight * (h[0] if h else 0.0))
     return total_f, total_b
 
 
@@ -492,9 +499,9 @@ def _decode_json(c: Compiled) -> dict:
         return {}
     weights, kv, live = c.decode
     ideal = weights + kv * live
-    step = c.parts[1][1]
-    return {"decode_step_bytes": step, "decode_ideal_bytes": ideal, "decode_bytes_ratio": step / ideal,
-            "decode_weight_bytes": weights, "decode_live_kv_bytes": kv * live}
+    _, step, hbm = c.parts[1]
+    return {"decode_step_bytes": step, "decode_step_hbm_bytes": hbm, "decode_ideal_bytes": ideal,
+            "decode_bytes_ratio": hbm / ideal, "decode_weight_bytes": weights, "decode_live_kv_bytes": kv * live}
 
 
 def format_compiled(results: list[dict], topo: Topology, mesh_shape: dict) -> str:
@@ -517,9 +524,9 @@ def format_compiled(results: list[dict], topo: Topology, mesh_shape: dict) -> st
             f"{(r.get('estimated_bytes') or 0) / gib:7.2f}G  {'yes' if r['fits'] else 'NO ':<4} "
             f"{cost} {r['compile_seconds']:7.1f}s")
         if "decode_step_bytes" in r:
-            lines.append(f"    decode step reads {r['decode_step_bytes'] / gib:.3f}G; weights "
-                         f"{r['decode_weight_bytes'] / gib:.3f}G + mean live KV cache "
-                         f"{r['decode_live_kv_bytes'] / gib:.3f}G = {r['decode_ideal_bytes'] / gib:.3f}G "
+            lines.append(f"    decode step moves {r['decode_step_hbm_bytes'] / gib:.3f}G of HBM ({r['decode_step_bytes'] / gib:.3f}G "
+                         f"accessed in all memories); weights {r['decode_weight_bytes'] / gib:.3f}G + mean live "
+                         f"KV cache {r['decode_live_kv_bytes'] / gib:.3f}G = {r['decode_ideal_bytes'] / gib:.3f}G "
                          f"(ratio {r['decode_bytes_ratio']:.2f})")
     lines.append("  (per device; total = args + outputs - donated + temp + other state resident meanwhile; estim. = "
                  "the shape-only plan's figure for the program's phase; TFLOP with loop trip counts; ratio = "
