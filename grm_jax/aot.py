@@ -531,7 +531,9 @@ def format_compiled(results: list[dict], topo: Topology, mesh_shape: dict) -> st
     lines.append("  (per device; total = args + outputs - donated + temp + other state resident meanwhile; estim. = "
                  "the shape-only plan's figure for the program's phase; TFLOP with loop trip counts; ratio = "
                  "compiled / model FLOPs; bound = roofline lower bound)")
-    if any(r.get("attention") == "splash" for r in results):
+    if any(r.get("flops") is None and not r.get("error") for r in results):
+        lines.append("  (-: not costed; FLOPs and bytes are counted for the first --attention listed)")
+    if any(r.get("attention") == "splash" and r.get("flops") is not None for r in results):
         lines.append("  (splash rows: XLA's cost analysis gives a Pallas kernel no FLOPs or bytes, so their TFLOP, "
                      "ratio and bound leave out the attention kernel: compare the xla rows for those)")
     return "\n".join(lines)
