@@ -97,7 +97,8 @@ def _attention_impls(spec: str) -> list[str]:
 def _compile_for_topology(kind, raw, model_cfg, topo, mesh_shape, plan, impls, progress):
     """Per-program compiler figures (JSON-able), each beside the shape-only estimate of its phase,
     for each attention implementation in `impls`; FLOPs and bytes for the first of them only."""
-    from grm_jax.aot import build_programs, compile_programs, compiled_json, topology_mesh
+    from grm_jax.aot import build_programs, compile_programs, topology_mesh
+    from grm_jax.aot_report import compiled_json
 
     mesh = topology_mesh(topo, mesh_shape)
     estimates = plan.phase_bytes()
@@ -154,7 +155,7 @@ def plan_command(args) -> int:
     print(f"model config: {source}")
     print(format_plan(plan, args.accelerator))
     if programs is not None:
-        from grm_jax.aot import format_compiled
+        from grm_jax.aot_report import format_compiled
 
         print(format_compiled(programs, topo, mesh))
     if args.accelerator:
