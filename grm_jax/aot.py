@@ -173,9 +173,10 @@ class Program:
     resident: int
     cost_parts: Callable[[ModelConfig], list]
     static: tuple = ()          # static arguments, passed after args
-    # A sampler's decode step (cost part 1): (weight bytes, KV cache bytes per device, the mean
-    # live fraction of the cache over the decode): what an ideal step reads.
-    decode: tuple[int, int, float] | None = None
+    # A sampler's decode: (weight bytes, KV cache bytes per device, the mean live fraction of the
+    # cache over the decode, steps per decode phase): what an ideal step reads, and how the
+    # program's decode loops (one per phase, `sampling.phase_windows`) split the steps.
+    decode: tuple[int, int, float, tuple[int, ...]] | None = None
 
 
 def _micro(rows: int, accum: int) -> int:
@@ -278,7 +279,8 @@ def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
         return update_program(c, r, mesh, optimizer), (s, b)
 
     programs = [_sampler_program("grpo sample (prefill + decode loop)", cfg, mesh, params, P, T_p, new, G,
-                                 Temperature(run.temperature), run.unroll_layers, p_bytes + opt_bytes + extra)]
+                                 Temperature(run.temperature), True, p_bytes + opt_bytes + extra,
+                                 run.decode_layout)]
     ref = ref_for(cfg, False, R)
     programs.append(Program("grpo reference log-probs", "reference/reward forward", *ref,
                             F.forward_flops(cfg, R, T) / n_dev, p_bytes + opt_bytes + extra,
@@ -294,20 +296,22 @@ def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
     return programs
 
 
-def _sampler_program(name, cfg, mesh, params, prompts_n, T_p, new, samples, strategy, unroll, resident):
+def _sampler_program(name, cfg, mesh, params, prompts_n, T_p, new, samples, strategy, unroll, resident, layout):
     """The sampler (prefill + decode loop) over `prompts_n` prompts of `T_p` tokens, `samples`
-    continuations each of up to `new` tokens; costed as prefill + (new - 1) decode steps."""
-    from grm_jax.sampling import sampler_fn, sampler_parts
+    continuations each of up to `new` tokens; costed as prefill + (new - 1) decode steps, each on
+    the params as the sampler lays them out (`layout`, see `grm_jax.sharding.decode_mesh`)."""
+    from grm_jax.sampling import default_phases, phase_steps, phase_windows, sampler_fn, sampler_parts, sampling_mesh
 
     n_dev, R = mesh.devices.size, prompts_n * samples
     stop, pad = (0,), 0
     rng = _sds((), jax.random.key(0).dtype, NamedSharding(mesh, PartitionSpec()))
     prompts = _batch(mesh, prompts_n, T_p, tokens=jnp.int32, mask=jnp.int32)
+    run_mesh = sampling_mesh(cfg, mesh, layout)
 
     def sampler_cost(c: ModelConfig):
-        p, n = abstract_sharded_params(c, mesh)
-        prefill, _, step, _ = sampler_parts(c, mesh, strategy, new, samples, stop, pad, True)
-        up = _unstacked(p, n, mesh)
+        p, n = abstract_sharded_params(c, run_mesh)
+        prefill, _, step, _ = sampler_parts(c, mesh, strategy, new, samples, stop, pad, True, layout)
+        up = _unstacked(p, n, run_mesh)
         first = _compile(jax.jit(prefill), (up, prompts["tokens"], prompts["mask"], rng))
         # The decode step's input is the loop state as the prefill leaves it, shardings included.
         state0 = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s),
@@ -316,11 +320,13 @@ def _sampler_program(name, cfg, mesh, params, prompts_n, T_p, new, samples, stra
         # Donated: inside the while loop the state is carried in place, not copied per step.
         return [(first, None, 1), (jax.jit(step, donate_argnums=1), (up, state0), new - 1)]
 
-    fn = sampler_fn(cfg, mesh, strategy, new, samples, stop, pad, unroll)
+    fn = sampler_fn(cfg, mesh, strategy, new, samples, stop, pad, unroll, layout)
     decode_flops = sum(F.forward_flops(cfg, R, 1, keys=T_p + i) for i in range(1, new))
+    steps = tuple(phase_steps(T_p, new, phase_windows(T_p, new, default_phases(new))))
     return Program(name, "sampling", fn, (params, prompts["tokens"], prompts["mask"], rng),
                    (F.forward_flops(cfg, prompts_n, T_p) + decode_flops) / n_dev, resident, sampler_cost,
-                   decode=(tree_bytes(params), cache_bytes(cfg, mesh, R, T_p + new), (T_p + new / 2) / (T_p + new)))
+                   decode=(tree_bytes(abstract_sharded_params(cfg, run_mesh)[0]), cache_bytes(cfg, run_mesh, R, T_p + new),
+                           (T_p + new / 2) / (T_p + new), steps))
 
 
 def _judge_programs(raw, cfg, mesh, params):
@@ -334,7 +340,7 @@ def _judge_programs(raw, cfg, mesh, params):
     k, temperature = int(raw.get("k", 8)), float(raw.get("temperature", 0.5))
     strategy = Greedy() if k == 1 else Temperature(temperature)
     return [_sampler_program("judge sample (prefill + decode loop)", cfg, mesh, params, B, T_p, new, 1,
-                             strategy, True, 0)]
+                             strategy, True, 0, raw.get("decode_layout", "tensor"))]
 
 
 def _score_programs(raw, cfg, mesh, params, n_dev):
@@ -374,8 +380,8 @@ class Compiled:
     model_flops: float
     error: str | None = None
     attention: str = ""
-    parts: dict = dataclasses.field(default_factory=dict)  # part index -> (FLOPs, bytes) of one run
-    decode: tuple | None = None                             # Program.decode
+    decode: tuple | None = None         # Program.decode
+    decode_hbm: float | None = None     # HBM bytes of the mean decode step (`decode_step_hbm`)
 
     @property
     def program_bytes(self) -> int:
@@ -392,18 +398,12 @@ def _compile(fn, args, static=()):
         return lowered.compile()
 
 
-def _cost(fn, args, static=(), *, hbm: bool = False):
-    """(FLOPs, bytes accessed) per device; `fn` may be an already compiled program (args None).
-    With `hbm`, a third figure: the HBM bytes it moves (`hlo_traffic.hbm_bytes`)."""
+def _cost(fn, args, static=()):
+    """(FLOPs, bytes accessed) per device; `fn` may be an already compiled program (args None)."""
     compiled = fn if args is None else _compile(fn, args, static)
     c = compiled.cost_analysis()
     c = c[0] if isinstance(c, (list, tuple)) else c
-    out = (float(c.get("flops", 0.0)), float(c.get("bytes accessed", 0.0)))
-    if hbm:
-        from grm_jax.hlo_traffic import hbm_bytes
-
-        out += (hbm_bytes(compiled.as_text()),)
-    return out
+    return float(c.get("flops", 0.0)), float(c.get("bytes accessed", 0.0))
 
 
 def layer_variants(cfg: ModelConfig) -> list[tuple[ModelConfig, dict]]:
@@ -425,21 +425,16 @@ def layer_variants(cfg: ModelConfig) -> list[tuple[ModelConfig, dict]]:
     return out
 
 
-def program_cost(p: Program, cfg: ModelConfig, parts: dict | None = None) -> tuple[float, float]:
-    """(FLOPs, bytes accessed) per device of one run of `p`, loops counted. `parts`, when given,
-    receives {part index: (FLOPs, bytes) of one run of that part}, layers extrapolated."""
+def program_cost(p: Program, cfg: ModelConfig) -> tuple[float, float]:
+    """(FLOPs, bytes accessed) per device of one run of `p`, loops counted."""
     total_f = total_b = 0.0
     for variant, weight in layer_variants(cfg):
-        for i, part in enumerate(p.cost_parts(variant)):
+        for part in p.cost_parts(variant):
             fn, args, times = part[:3]
             static = part[3] if len(part) > 3 else ()
-            want_hbm = parts is not None and p.decode is not None and i == 1  # the decode step
-            f, b, *h = _cost(fn, args, static, hbm=want_hbm)
+            f, b = _cost(fn, args, static)
             total_f += weight * times * f
             total_b += weight * times * b
-            if parts is not None:
-                pf, pb, ph = parts.get(i, (0.0, 0.0, 0.0))
-                parts[i] = (pf + weight * f, pb + weight * b, ph + weight * (h[0] if h else 0.0))
     return total_f, total_b
 
 
@@ -466,13 +461,26 @@ def compile_programs(programs: list[Program], cfg: ModelConfig, *, progress: boo
             continue
         seconds = time.perf_counter() - t0
         m = compiled.memory_analysis()
-        parts: dict = {}
-        flops, nbytes = program_cost(p, cfg, parts) if cost else (None, None)
+        flops, nbytes = program_cost(p, cfg) if cost else (None, None)
         out.append(Compiled(p.name, p.phase, int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
                             int(m.alias_size_in_bytes), int(m.temp_size_in_bytes), p.resident, seconds,
-                            flops, nbytes, p.model_flops, attention=attention_of(cfg), parts=parts,
-                            decode=p.decode))
+                            flops, nbytes, p.model_flops, attention=attention_of(cfg), decode=p.decode,
+                            decode_hbm=decode_step_hbm(compiled, p.decode) if p.decode else None))
     return out
+
+
+def decode_step_hbm(compiled, decode: tuple) -> float | None:
+    """HBM bytes per device of the mean decode step of a compiled sampler: one iteration of each
+    of its decode loops (`hlo_traffic.loop_step_bytes`), weighted by the steps each runs. The
+    loops are matched to the phases by size (a wider window reads more of the cache). None when
+    the program's loops are not one per phase."""
+    from grm_jax.hlo_traffic import loop_step_bytes
+
+    steps = decode[3]
+    loops = list(loop_step_bytes(compiled.as_text()).values())
+    if len(loops) != len(steps) or any(b is None for b in loops) or not sum(steps):
+        return None
+    return sum(n * b for n, b in zip(steps, sorted(loops))) / sum(steps)
 
 
 def topology_mesh(topo: Topology, mesh_shape: dict) -> Mesh:

@@ -26,13 +26,13 @@ def compiled_json(c: Compiled, topo: Topology) -> dict:
 def _decode_json(c: Compiled) -> dict:
     """A sampler's decode step: compiled bytes accessed per step against an ideal step's reads
     (the weights plus the live KV cache, once)."""
-    if c.decode is None or 1 not in c.parts:
+    if c.decode is None or c.decode_hbm is None:
         return {}
-    weights, kv, live = c.decode
+    weights, kv, live, steps = c.decode
     ideal = weights + kv * live
-    _, step, hbm = c.parts[1]
-    return {"decode_step_bytes": step, "decode_step_hbm_bytes": hbm, "decode_ideal_bytes": ideal,
-            "decode_bytes_ratio": hbm / ideal, "decode_weight_bytes": weights, "decode_live_kv_bytes": kv * live}
+    return {"decode_step_hbm_bytes": c.decode_hbm, "decode_ideal_bytes": ideal, "decode_phases": len(steps),
+            "decode_bytes_ratio": c.decode_hbm / ideal, "decode_weight_bytes": weights,
+            "decode_live_kv_bytes": kv * live}
 
 
 def format_compiled(results: list[dict], topo: Topology, mesh_shape: dict) -> str:
@@ -54,10 +54,10 @@ def format_compiled(results: list[dict], topo: Topology, mesh_shape: dict) -> st
             f"{r['temp_bytes'] / gib:7.2f}G {r['resident_bytes'] / gib:7.2f}G {r['total_bytes'] / gib:7.2f}G "
             f"{(r.get('estimated_bytes') or 0) / gib:7.2f}G  {'yes' if r['fits'] else 'NO ':<4} "
             f"{cost} {r['compile_seconds']:7.1f}s")
-        if "decode_step_bytes" in r:
-            lines.append(f"    decode step moves {r['decode_step_hbm_bytes'] / gib:.3f}G of HBM ({r['decode_step_bytes'] / gib:.3f}G "
-                         f"accessed in all memories); weights {r['decode_weight_bytes'] / gib:.3f}G + mean live "
-                         f"KV cache {r['decode_live_kv_bytes'] / gib:.3f}G = {r['decode_ideal_bytes'] / gib:.3f}G "
+        if "decode_step_hbm_bytes" in r:
+            lines.append(f"    mean decode step ({r['decode_phases']} phases) moves {r['decode_step_hbm_bytes'] / gib:.3f}G "
+                         f"of HBM; weights {r['decode_weight_bytes'] / gib:.3f}G + mean live KV cache "
+                         f"{r['decode_live_kv_bytes'] / gib:.3f}G = {r['decode_ideal_bytes'] / gib:.3f}G "
                          f"(ratio {r['decode_bytes_ratio']:.2f})")
     lines.append("  (per device; total = args + outputs - donated + temp + other state resident meanwhile; estim. = "
                  "the shape-only plan's figure for the program's phase; TFLOP with loop trip counts; ratio = "

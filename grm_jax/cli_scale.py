@@ -76,6 +76,9 @@ def add_plan_parser(sub) -> None:
                    help="with --topology: the attention the programs compile with, or a comma list to "
                         "compare memory (e.g. xla,splash: FLOPs and bytes are counted for the first); "
                         "auto (the default) is splash on TPU")
+    s.add_argument("--programs", metavar="TEXT[,TEXT]",
+                   help="with --topology: compile only the programs whose name contains one of these "
+                        "(e.g. sample, update), not all of the run's")
     s.add_argument("--json", action="store_true", help="print the plan as JSON (with --topology: a 'programs' list)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. model=google/gemma-2-27b optim.grad_accum=16")
@@ -94,18 +97,26 @@ def _attention_impls(spec: str) -> list[str]:
     return impls
 
 
-def _compile_for_topology(kind, raw, model_cfg, topo, mesh_shape, plan, impls, progress):
+def _compile_for_topology(kind, raw, model_cfg, topo, mesh_shape, plan, impls, progress, only=None):
     """Per-program compiler figures (JSON-able), each beside the shape-only estimate of its phase,
-    for each attention implementation in `impls`; FLOPs and bytes for the first of them only."""
+    for each attention implementation in `impls`; FLOPs and bytes for the first of them only.
+    `only`: a comma list; just the programs whose name contains one of its items."""
     from grm_jax.aot import build_programs, compile_programs, topology_mesh
     from grm_jax.aot_report import compiled_json
 
     mesh = topology_mesh(topo, mesh_shape)
     estimates = plan.phase_bytes()
+    wanted = [w.strip() for w in (only or "").split(",") if w.strip()]
     out = []
     for i, impl in enumerate(impls):
         cfg = model_cfg.replace(attention_impl=impl)
-        for r in compile_programs(build_programs(kind, raw, cfg, mesh), cfg, progress=progress, cost=i == 0):
+        programs = build_programs(kind, raw, cfg, mesh)
+        if wanted:
+            names = [p.name for p in programs]
+            programs = [p for p in programs if any(w in p.name for w in wanted)]
+            if not programs:
+                raise ValueError(f"--programs {only!r} matches none of this run's programs: {names}")
+        for r in compile_programs(programs, cfg, progress=progress, cost=i == 0):
             d = compiled_json(r, topo)
             d["estimated_bytes"] = estimates.get(r.phase)
             out.append(d)
@@ -126,6 +137,8 @@ def plan_command(args) -> int:
     kind = run_kind(raw)
     model_cfg, source = resolve_model_config(str(raw["model"]))
     topo = None
+    if args.programs and not args.topology:
+        raise ValueError("--programs needs --topology (it picks the programs to compile)")
     if args.topology:
         from grm_jax.aot import get_topology
 
@@ -142,7 +155,8 @@ def plan_command(args) -> int:
         suggestion = suggest_mesh(kind, raw, math.prod(mesh.values()), args.accelerator, model_cfg)
     programs = None
     if topo is not None:
-        programs = _compile_for_topology(kind, raw, model_cfg, topo, mesh, plan, impls, progress=not args.json)
+        programs = _compile_for_topology(kind, raw, model_cfg, topo, mesh, plan, impls, progress=not args.json,
+                                         only=args.programs)
     if args.json:
         out = plan_json(plan, args.accelerator)
         out["model_config"] = source

@@ -12,10 +12,20 @@ computation that is not a fusion's or a reducer's body:
   `-done`: the result, if in HBM (a write);
 - `dynamic-update-slice` in place: twice the update (read-modify-write of the slot), not the
   whole buffer;
+- a fusion that only slices or gathers from one of its operands (an embedding lookup, a decode
+  step reading the first slots of a cache): only the bytes it takes out of that operand;
+- a fusion whose root updates one of its operands in place (a dynamic-update-slice of a
+  parameter: a KV cache write): twice the update, as for a bare dynamic-update-slice, and
+  nothing for the whole buffer;
+- a cross-program prefetch (a copy XLA issues at the start of a program for a buffer the program
+  reads; in a loop body it is no per-step cost) when another copy in the program reads the same
+  operand: counted once, by that other copy;
 - parameters, constants, tuples, bitcasts and tuple reads move nothing;
 - anything else (fusions, dots, custom calls, collectives): its HBM operands and results.
 
-Loops and conditionals are counted once, as cost analysis does. An estimate, stated as such.
+`hbm_bytes` counts loops and conditionals once, as cost analysis does; `loop_step_bytes` gives
+one iteration of each while loop (its body and whatever the body calls; a conditional's
+branches all counted). Estimates, stated as such.
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ _DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1
 _ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\](\{[^}]*\})?")
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
 _FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all", "partition-id",
-         "replica-id", "iota"}
+         "replica-id", "iota",
+         "while", "conditional", "call"}  # control flow: what moves is in the computations it runs
 
 
 def _arrays(shape: str) -> list[tuple[float, bool]]:
@@ -70,12 +81,113 @@ def _split_shape_op(rest: str) -> tuple[str, str, str]:
     return shape, op, args
 
 
+_PARTIAL_READS = {"slice", "dynamic-slice", "gather"}
+
+
+def _array_bytes(shape: str) -> float:
+    return sum(b for b, _ in _arrays(shape))
+
+
+def _fusion_operands(hlo_text: str) -> dict[str, tuple[dict[int, float], dict[int, float]]]:
+    """Per computation (a fusion's body): ({parameter index: bytes read} for each parameter that
+    is only sliced or gathered from, {parameter index: bytes of the update} for a parameter the
+    computation updates in place: its root is a dynamic-update-slice of it)."""
+    out: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
+
+    def finish(comp, params, uses, root):
+        if comp is None:
+            return
+        partial, inplace = {}, {}
+        for pname, index in params.items():
+            consumers = uses.get(pname, [])
+            if root and root[0] == "dynamic-update-slice" and root[1] and root[1][0] == pname:
+                others = [c for c in consumers if c[2] != root[2]]
+                if all(op in _PARTIAL_READS and first for op, first, _, _ in others):
+                    inplace[index] = root[3]
+                continue
+            if consumers and all(op in _PARTIAL_READS and first for op, first, _, _ in consumers):
+                partial[index] = sum(b for _, _, _, b in consumers)
+        out[comp] = (partial, inplace)
+
+    current, params, uses, root = None, {}, {}, None
+    shapes: dict[str, str] = {}
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{$", line)
+        if header:
+            finish(current, params, uses, root)
+            current, params, uses, root, shapes = header.group(1), {}, {}, None, {}
+            continue
+        m = _INSTR.match(line)
+        if not m or current is None:
+            continue
+        name, rest = m.groups()
+        shape, op, args = _split_shape_op(rest)
+        shapes[name] = shape
+        operands = re.findall(r"%([\w.\-]+)", args)
+        if op == "parameter":
+            params[name] = int(args)
+        for k, a in enumerate(operands):
+            # (consumer op, whether it reads the operand as its source, consumer, bytes it reads)
+            uses.setdefault(a, []).append((op, k == 0, name, _array_bytes(shape)))
+        if line.lstrip().startswith("ROOT "):
+            update = _array_bytes(shapes.get(operands[1], "")) if op == "dynamic-update-slice" and len(operands) > 1 else 0.0
+            root = (op, operands, name, update)
+    finish(current, params, uses, root)
+    return out
+
+
 def hbm_bytes(hlo_text: str) -> float:
     """HBM bytes moved by the program whose optimized HLO text this is (see the module doc)."""
+    return sum(b for b, *_ in hbm_breakdown(hlo_text))
+
+
+_CALLED = re.compile(r"(?:calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)"
+                     r"|branch_computations=\{([^}]*)\}")
+
+
+def loop_step_bytes(hlo_text: str) -> dict[str, float | None]:
+    """{while body: HBM bytes of one iteration} for each while loop of the program: the body's
+    instructions and those of every computation it calls; None for a loop whose body runs a loop
+    of its own (its trip count is not in the HLO, so one iteration cannot be counted)."""
+    calls: dict[str, set[str]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{$", line)
+        if header:
+            current = header.group(1)
+            calls[current] = set()
+            continue
+        if current is not None:
+            for one, many in _CALLED.findall(line):
+                calls[current].update([one] if one else re.findall(r"%([\w.\-]+)", many))
+    per_comp: dict[str, float] = {}
+    for moved, _, _, comp in hbm_breakdown(hlo_text):
+        per_comp[comp] = per_comp.get(comp, 0.0) + moved
+    out = {}
+    bodies = re.findall(r"\bwhile\([^\n]*\bbody=%([\w.\-]+)", hlo_text)
+    for body in bodies:
+        seen, todo = set(), [body]
+        while todo:
+            c = todo.pop()
+            if c not in seen:
+                seen.add(c)
+                todo.extend(calls.get(c, ()))
+        nested = (seen - {body}) & set(bodies)
+        out[body] = None if nested else sum(per_comp.get(c, 0.0) for c in seen)
+    return out
+
+
+def hbm_breakdown(hlo_text: str) -> list[tuple[float, str, str, str]]:
+    """(HBM bytes, opcode, instruction name, computation) of each instruction that moves any,
+    largest first."""
     bodies = set(re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", hlo_text))
     async_calls = set(re.findall(r"async-start\([^\n]*calls=%([\w.\-]+)", hlo_text))
     bodies -= async_calls
-    total, current, shapes = 0.0, None, {}
+    fusions = _fusion_operands(hlo_text)
+    copied = re.findall(r"copy-start\(%([\w.\-]+)\)(.*)", hlo_text)
+    prefetch_only = {a for a, tail in copied if "cross_program_prefetch" in tail}
+    prefetch_only -= {a for a, tail in copied if "cross_program_prefetch" not in tail}
+    out, current, shapes = [], None, {}
     for line in hlo_text.splitlines():
         header = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{$", line)  # computations start unindented
         if header:
@@ -89,17 +201,29 @@ def hbm_bytes(hlo_text: str) -> float:
         shapes[name] = shape
         if current in bodies or op in _FREE or not op:
             continue
-        operands = [shapes.get(a, "") for a in re.findall(r"%([\w.\-]+)", args)]
-        if op.endswith("-start"):
+        names = re.findall(r"%([\w.\-]+)", args)
+        operands = [shapes.get(a, "") for a in names]
+        if op == "copy-start" and "cross_program_prefetch" in rest and names and names[0] not in prefetch_only:
+            continue  # the same operand is copied again where it is used
+        if op == "fusion":
+            called = re.search(r"calls=%([\w.\-]+)", rest)
+            partial, inplace = fusions.get(called.group(1), ({}, {})) if called else ({}, {})
+            moved = sum(0.0 if i in inplace else min(_hbm(s), partial.get(i, float("inf")))
+                        for i, s in enumerate(operands))
+            # An in-place update writes (and reads around) its slot, not the whole buffer.
+            moved += 2 * sum(inplace.values()) if inplace else _hbm(shape)
+        elif op.endswith("-start"):
             # Reads what it moves out of HBM: a slice-start only its slice (the on-chip array of
             # its result), a copy-start the whole operand.
             read = sum(_hbm(s) for s in operands)
             onchip = [b for b, hbm in _arrays(shape) if not hbm and b > 8]
-            total += min(read, max(onchip)) if onchip else read
+            moved = min(read, max(onchip)) if onchip else read
         elif op.endswith("-done"):
-            total += _hbm(shape)
+            moved = _hbm(shape)
         elif op == "dynamic-update-slice":
-            total += 2 * (_hbm(operands[1]) if len(operands) > 1 else 0.0)
+            moved = 2 * (_hbm(operands[1]) if len(operands) > 1 else 0.0)
         else:
-            total += sum(_hbm(s) for s in operands) + _hbm(shape)
-    return total
+            moved = sum(_hbm(s) for s in operands) + _hbm(shape)
+        if moved:
+            out.append((moved, op, name, current))
+    return sorted(out, reverse=True)

@@ -32,7 +32,8 @@ from jax.sharding import AbstractMesh
 from grm_jax.flops import CHIPS
 from grm_jax.models import ModelConfig, abstract_params, dtype_of, from_hf_config
 from grm_jax.models.decoder import CACHE_LOGICAL_NAMES, init_cache
-from grm_jax.sharding import MESH_AXES, RULES, follow_params, logical_to_spec, parse_mesh_spec
+from grm_jax.sharding import (MESH_AXES, RULES, decode_mesh_shape, follow_params, logical_to_spec,
+                              parse_mesh_spec)
 
 # HBM per chip in bytes (grm_jax.flops.CHIPS says where each figure comes from).
 ACCELERATORS = {name: chip.hbm_bytes for name, chip in CHIPS.items()}
@@ -156,9 +157,24 @@ def plan_run(kind: str, raw: dict, mesh_shape: dict, model_cfg: ModelConfig | No
     def per_device(rows):
         return -(-rows // dp)
 
-    def cache_bytes(rows, length):
-        shapes = jax.eval_shape(lambda: init_cache(cfg, rows, length))
-        return _tree_bytes(shapes, CACHE_LOGICAL_NAMES, mesh_shape)
+    def decode_items(prompts, samples, prompt, length, layout):
+        """The sampler's own items (its params resharded for decoding, KV cache, prefill) on the
+        mesh it decodes on (`grm_jax.sharding.decode_mesh`); their names."""
+        shape = decode_mesh_shape(mesh_shape, cfg.num_heads, cfg.num_kv_heads, layout)
+        d_rows = -(-prompts // (shape["data"] * shape["fsdp"]))
+        rows = d_rows * shape["data"] * shape["fsdp"]
+        # With samples > 1 the prompts' cache and its copy per sample are both alive at once.
+        cache_rows = rows * samples + (rows if samples > 1 else 0)
+        shapes = jax.eval_shape(lambda: init_cache(cfg, cache_rows, length))
+        out = []
+        if shape != mesh_shape:
+            spec = ",".join(f"{k}={v}" for k, v in shape.items())
+            out.append(f"params for decoding ({spec})")
+            items[out[-1]] = _tree_bytes(abstract, names, shape)
+        out += [f"KV cache ({rows * samples} rows x {length})", "prefill activations"]
+        items[out[-2]] = _tree_bytes(shapes, CACHE_LOGICAL_NAMES, shape)
+        items[out[-1]] = layer_bytes(cfg, d_rows, prompt, length, shape["tensor"])
+        return out
 
     def training(rows_global, length, accum):
         optim = OptimConfig(**{k: v for k, v in dict(raw.get("optim") or {}).items()})
@@ -186,24 +202,21 @@ def plan_run(kind: str, raw: dict, mesh_shape: dict, model_cfg: ModelConfig | No
             items["reward model params"] = p_bytes
         update = training(R, T, accum) + ["reference params"]
         base = ["params", "reference params", "optimizer state"]
-        items[f"KV cache ({R} rows x {T})"] = cache_bytes(per_device(P) * dp * G + per_device(P) * dp, T)
-        items["prefill activations"] = layer_bytes(cfg, per_device(P), prompt, T, tensor)
+        sampling = decode_items(P, G, prompt, T, raw.get("decode_layout", "tensor"))
         rows = per_device(R // accum)  # the reference and reward forwards run per microbatch
         forward = f"reference forward ({rows} rows x {T} per device)"
         items[forward] = layer_bytes(cfg, rows, T, T, tensor) + lm_head_bytes(
             cfg, rows, min(chunk, T), tensor) // 3
         extra = ["reward model params"] if "reward model params" in items else []
         phases = {
-            "sampling": base + extra + [f"KV cache ({R} rows x {T})", "prefill activations"],
+            "sampling": base + extra + sampling,
             "reference/reward forward": base + extra + [forward],
             "update": update + extra}
     elif kind == "judge":
-        rows = per_device(int(raw.get("batch_size", 32)))
         prompt, new = int(raw.get("max_prompt_length", 2048)), int(raw.get("max_new_tokens", 512))
-        cache = f"KV cache ({rows * dp} rows x {prompt + new})"
-        items[cache] = cache_bytes(rows * dp, prompt + new)
-        items["prefill activations"] = layer_bytes(cfg, rows, prompt, prompt + new, tensor)
-        phases = {"sampling": ["params", cache, "prefill activations"]}
+        rows = per_device(int(raw.get("batch_size", 32))) * dp
+        phases = {"sampling": ["params"] + decode_items(rows, 1, prompt, prompt + new,
+                                                        raw.get("decode_layout", "tensor"))}
     elif kind == "sft":
         phases = {"update": training(int(raw.get("batch_size", 8)), int(raw.get("max_length", 1024)),
                                      int((raw.get("optim") or {}).get("grad_accum", 1)))}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple, Sequence
 
 import jax
@@ -32,9 +33,9 @@ from jax.sharding import Mesh
 
 from grm_jax import distributed
 from grm_jax.models.config import ModelConfig
-from grm_jax.models.decoder import (Decoder, cache_logical_names, init_cache, lm_head_logits,
+from grm_jax.models.decoder import (Decoder, abstract_params, cache_logical_names, init_cache, lm_head_logits,
                                     positions_from_mask, unstack_layers)
-from grm_jax.sharding import _is_names, batch_sharding, constrain
+from grm_jax.sharding import _is_names, batch_sharding, constrain, decode_mesh, tree_shardings
 
 _NEG = -1e30
 
@@ -172,18 +173,40 @@ class LoopState(NamedTuple):
     next_pos_R: jax.Array
 
 
+def sampling_mesh(config: ModelConfig, mesh: Mesh | None, layout: str = "tensor") -> Mesh | None:
+    """The mesh the sampler runs on (`grm_jax.sharding.decode_mesh`): with the "tensor" layout,
+    `mesh`'s devices as a tensor-parallel view, so a decode step reads each device's own slice of
+    the weights instead of all-gathering them over fsdp."""
+    if mesh is None:
+        return None
+    return decode_mesh(mesh, config.num_heads, config.num_kv_heads, layout)
+
+
+def reshard_params(params, config: ModelConfig, mesh: Mesh | None):
+    """Inside a jitted function: the (stacked) params laid out for `mesh` by the logical rules
+    (a no-op when they already are)."""
+    if mesh is None:
+        return params
+    abstract, names = abstract_params(config)
+    return jax.lax.with_sharding_constraint(params, tree_shardings(names, abstract, mesh))
+
+
 def sampler_parts(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_new: int,
-                  num_samples: int, stop: tuple[int, ...], pad_id: int, unroll: bool):
+                  num_samples: int, stop: tuple[int, ...], pad_id: int, unroll: bool, layout: str = "tensor"):
     """The sampler as pure functions: `prefill(params, prompt_BT, mask_BT, rng) -> LoopState`
     (the prompts into the cache, the first token picked), `step(params, state) -> state` (one
     decode step: the while loop's body), `cond(state)` and `finish(state)` (the outputs). With
     `unroll`, `params` are per-layer (`unstack_layers`). Split apart so `grm-jax plan` can
-    compile and cost the decode step on its own."""
-    model = Decoder(config, mesh, unrolled=unroll)
+    compile and cost the decode step on its own.
+
+    Prefill and decode run on `sampling_mesh(config, mesh, layout)` and expect `params` laid out
+    for it; prompts come in and outputs go out split by rows over `mesh`'s batch axes."""
+    run_mesh = sampling_mesh(config, mesh, layout)
+    model = Decoder(config, run_mesh, unrolled=unroll)
 
     def constrain_cache(cache):
         names = cache_logical_names(cache)
-        return jax.tree.map(lambda n, a: constrain(a, n, mesh), names, cache, is_leaf=_is_names)
+        return jax.tree.map(lambda n, a: constrain(a, n, run_mesh), names, cache, is_leaf=_is_names)
 
     stop_S = jnp.asarray(stop if stop else (-1,), jnp.int32)
 
@@ -202,6 +225,7 @@ def sampler_parts(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, ma
     def prefill(params, prompt_BT, mask_BT, rng) -> LoopState:
         B, T = prompt_BT.shape
         R = B * num_samples
+        prompt_BT, mask_BT = (constrain(a, ("batch", None), run_mesh) for a in (prompt_BT, mask_BT))
         positions_BT = positions_from_mask(mask_BT)
         # Unrolled layers keep one cache buffer per layer: a decode step touches only its own.
         cache = constrain_cache(init_cache(config, B, T + max_new, per_layer=unroll))
@@ -227,9 +251,10 @@ def sampler_parts(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, ma
     def cond(state: LoopState):
         return (state.step < max_new) & ~jnp.all(state.done_R)
 
-    def step(params, state: LoopState) -> LoopState:
+    def step(params, state: LoopState, read_slots: int | None = None) -> LoopState:
         pos_R = state.next_pos_R + state.step - 1
-        logits_R1V, cache = model.apply({"params": params}, state.token_R[:, None], pos_R[:, None], state.cache)
+        logits_R1V, cache = model.apply({"params": params}, state.token_R[:, None], pos_R[:, None], state.cache,
+                                        read_slots=read_slots)
         token_R, out, new_done, stops_R, rng = pick(state.step, logits_R1V[:, 0], state.done_R, state.out, state.rng)
         length_R = state.length_R + (~state.done_R).astype(jnp.int32)
         return LoopState(state.step + 1, token_R, cache, new_done, length_R, state.stopped_R | stops_R, out, rng,
@@ -244,22 +269,73 @@ def sampler_parts(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, ma
     return prefill, cond, step, finish
 
 
+def default_phases(max_new: int) -> int:
+    """Decode phases by default: one per 256 new tokens, at most 4 (each is a loop of its own in
+    the program, so more phases mean a larger program for a smaller saving)."""
+    return max(1, min(4, max_new // 256))
+
+
+def phase_windows(prompt_len: int, max_new: int, phases: int) -> list[int]:
+    """The cache slots each decode phase attends over, ascending; the last is the whole cache.
+
+    Decode step s (1 <= s < max_new) writes slot prompt_len + s - 1 and attends over slots
+    [0, prompt_len + s), so a phase of window W runs the steps with s <= W - prompt_len. Windows
+    split the new tokens evenly, rounded up to 128 slots (the TPU's tile)."""
+    total = prompt_len + max_new
+    if phases < 1:
+        raise ValueError(f"decode phases must be >= 1, got {phases}")
+    windows = []
+    for j in range(1, phases + 1):
+        w = min(total, -(-(prompt_len + -(-j * max_new // phases)) // 128) * 128)
+        if not windows or w > windows[-1]:
+            windows.append(w)
+    windows[-1] = total
+    return windows
+
+
+def phase_steps(prompt_len: int, max_new: int, windows: Sequence[int]) -> list[int]:
+    """How many decode steps each phase runs when no row stops early."""
+    out, done = [], 0
+    for w in windows:
+        last = min(max_new - 1, w - prompt_len)
+        out.append(max(0, last - done))
+        done = max(done, last)
+    return out
+
+
 def sampler_fn(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_new: int,
-               num_samples: int, stop: tuple[int, ...], pad_id: int, unroll: bool):
-    """The jitted sampler: fn(params, prompt_BT, mask_BT, rng) -> (tokens, lengths, logprobs, stopped)."""
+               num_samples: int, stop: tuple[int, ...], pad_id: int, unroll: bool, layout: str = "tensor",
+               phases: int | None = None):
+    """The jitted sampler: fn(params, prompt_BT, mask_BT, rng) -> (tokens, lengths, logprobs, stopped).
+    `params` are laid out for `mesh` (the training layout); the sampler reshards them once per call
+    to the sampling mesh of `layout`. The decode runs in `phases` loops (default
+    `default_phases`), each attending over only the cache slots its steps can have filled
+    (`phase_windows`): a step reads the live part of the cache rounded up to its phase's window,
+    not the whole buffer."""
+    phases = default_phases(max_new) if phases is None else int(phases)
     return _compiled(config, mesh, strategy, int(max_new), int(num_samples), tuple(int(s) for s in stop),
-                     int(pad_id), bool(unroll))
+                     int(pad_id), bool(unroll), layout, phases)
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled(config: ModelConfig, mesh: Mesh | None, strategy: Strategy, max_new: int,
-              num_samples: int, stop: tuple[int, ...], pad_id: int, unroll: bool):
-    prefill, cond, step, finish = sampler_parts(config, mesh, strategy, max_new, num_samples, stop, pad_id, unroll)
+              num_samples: int, stop: tuple[int, ...], pad_id: int, unroll: bool, layout: str, phases: int):
+    prefill, cond, step, finish = sampler_parts(config, mesh, strategy, max_new, num_samples, stop, pad_id, unroll,
+                                                layout)
+    run_mesh = sampling_mesh(config, mesh, layout)
 
     def run(params, prompt_BT, mask_BT, rng):
+        if run_mesh is not mesh:
+            params = reshard_params(params, config, run_mesh)  # once per call, outside the loop
         if unroll:
             params = unstack_layers(params)  # one copy of the layer weights, outside the loop
-        state = jax.lax.while_loop(cond, lambda s: step(params, s), prefill(params, prompt_BT, mask_BT, rng))
+        state = prefill(params, prompt_BT, mask_BT, rng)
+        T = prompt_BT.shape[1]
+        windows = phase_windows(T, max_new, phases)
+        for w in windows:
+            read = None if w == windows[-1] else w
+            state = jax.lax.while_loop(lambda s, w=w: cond(s) & (s.step <= w - T),
+                                       lambda s, read=read: step(params, s, read), state)
         return finish(state)
 
     return jax.jit(run)
@@ -269,7 +345,8 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *,
              strategy: Strategy = Greedy(), max_new_tokens: int = 128,
              stop_tokens: Sequence[int] = (), num_samples: int = 1, seed: int = 0,
              pad_id: int | None = None, mesh: Mesh | None = None,
-             bucket_prompts: bool = True, unroll_layers: bool = True) -> Samples:
+             bucket_prompts: bool = True, unroll_layers: bool = True, layout: str = "tensor",
+             decode_phases: int | None = None) -> Samples:
     """Samples `num_samples` continuations of each prompt.
 
     Args:
@@ -287,6 +364,12 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *,
         block needs no padding rows).
       pad_id: id written after a row ends (default: the config's pad id, else 0).
       mesh: device mesh; the batch is sharded over its data and fsdp axes.
+      layout: "tensor" (decode on a tensor-parallel view of `mesh`'s devices: the params are
+        resharded once per call, and a step reads only each device's slice of the weights) or
+        "train" (decode on `mesh` itself: an FSDP mesh then gathers the weights every step);
+        see `grm_jax.sharding.decode_mesh`.
+      decode_phases: decode loops, each attending over only the cache slots its steps can have
+        filled (default: `default_phases(max_new_tokens)`); the samples do not depend on it.
       bucket_prompts: round prompt length and batch size up to buckets (fewer compilations).
       unroll_layers: run the layers unrolled on a per-call copy of the layer weights (faster
         decode on CPU) rather than as a scan over the stacked params (no copy).
@@ -307,7 +390,8 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *,
         raise ValueError(f"every process must sample from the same number of prompts; got {counts[:, 0].tolist()}")
     longest = int(counts[:, 1].max())
     T = bucket(longest) if bucket_prompts else longest
-    multiple = distributed.local_batch_multiple(mesh)
+    multiple = math.lcm(distributed.local_batch_multiple(mesh),
+                        distributed.local_batch_multiple(sampling_mesh(config, mesh, layout)))
     B_pad = bucket(B, minimum=1) if bucket_prompts else B
     B_pad = -(-B_pad // multiple) * multiple
     if T + max_new_tokens > config.max_position:
@@ -324,7 +408,8 @@ def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *,
         shape = (B_pad * jax.process_count(), T)
         tokens = distributed.to_global(tokens, batch_sharding(mesh, shape))
         mask = distributed.to_global(mask, batch_sharding(mesh, shape))
-    fn = sampler_fn(config, mesh, strategy, max_new_tokens, num_samples, stop_tokens, pad, unroll_layers)
+    fn = sampler_fn(config, mesh, strategy, max_new_tokens, num_samples, stop_tokens, pad, unroll_layers, layout,
+                    decode_phases)
     out = fn(params, tokens, mask, jax.random.key(seed))
     R = B * num_samples
     return Samples(*(distributed.to_local(a)[:R] for a in out))

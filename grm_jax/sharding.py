@@ -87,6 +87,39 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
         return Mesh(grid, MESH_AXES, axis_types=auto)
 
 
+DECODE_LAYOUTS = ("tensor", "train")
+
+
+def decode_mesh(mesh: Mesh, num_heads: int, num_kv_heads: int, layout: str = "tensor") -> Mesh:
+    """The mesh the sampler decodes on: the devices of `mesh`, in the same order, as a tensor-
+    parallel view.
+
+    On an FSDP mesh each device holds 1/fsdp of every weight, so each decode step (one token per
+    row) all-gathers every layer's weights: it moves several times the weights a device needs
+    (PAPERS-scale figures in the README). The "tensor" layout folds fsdp x tensor into one tensor
+    axis of size t (the largest divisor of fsdp x tensor that divides both head counts, so every
+    attention and MLP weight and the KV cache split by heads without replication) and the rest
+    into data. A step then reads only each device's own 1/t of the weights; the params are
+    resharded once per sampling call. "train" decodes on `mesh` itself.
+    """
+    shape = decode_mesh_shape(dict(mesh.shape), num_heads, num_kv_heads, layout)
+    if shape == dict(mesh.shape):
+        return mesh
+    grid = np.asarray(mesh.devices).reshape(tuple(shape[a] for a in MESH_AXES))
+    return Mesh(grid, MESH_AXES, axis_types=mesh.axis_types)
+
+
+def decode_mesh_shape(shape: dict[str, int], num_heads: int, num_kv_heads: int, layout: str = "tensor") -> dict:
+    """`decode_mesh`'s axis sizes for a mesh of axis sizes `shape` (no devices needed)."""
+    if layout not in DECODE_LAYOUTS:
+        raise ValueError(f"decode layout must be one of {DECODE_LAYOUTS}, got {layout!r}")
+    if layout == "train" or shape["fsdp"] == 1:
+        return dict(shape)
+    width = shape["fsdp"] * shape["tensor"]
+    t = max(d for d in range(1, width + 1) if width % d == 0 and num_heads % d == 0 and num_kv_heads % d == 0)
+    return {"data": shape["data"] * width // t, "fsdp": 1, "tensor": t}
+
+
 def mesh_from_spec(spec: str | None, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh from a '--mesh' string such as 'fsdp=-1,tensor=2' (default: fsdp over all)."""
     return make_mesh(**parse_mesh_spec(spec or ""), devices=devices)

@@ -9,7 +9,8 @@ from conftest import FAMILIES
 from grm_jax.hf import load_hf
 from grm_jax.models import Decoder, positions_from_mask
 from grm_jax.models.logprobs import token_logprobs
-from grm_jax.sampling import Greedy, Temperature, TopK, TopP, bucket, generate, strategy_from_args
+from grm_jax.sampling import (Greedy, Temperature, TopK, TopP, bucket, generate, phase_steps, phase_windows,
+                              sampling_mesh, strategy_from_args)
 from grm_jax.sharding import make_mesh
 
 TOL = 1e-5  # fp32 max-abs; never loosen
@@ -154,14 +155,20 @@ def test_top_p_keeps_only_the_nucleus():
     assert picks == {0, 1, 2}
 
 
-def test_sharded_generation_equals_single_device(gemma2, hf_models):
+@pytest.mark.parametrize("shape,layout,decode_shape", [((2, 2, 2), "tensor", (4, 1, 2)),
+                                                      ((1, 8, 1), "tensor", (4, 1, 2)),
+                                                      ((1, 8, 1), "train", (1, 8, 1))])
+def test_sharded_generation_equals_single_device(gemma2, hf_models, shape, layout, decode_shape):
+    """Sampling on a mesh (the params resharded to the tensor-parallel decode view of its devices,
+    or decoding on the training layout itself) gives the single-device samples."""
     cfg, params = gemma2
     prompts = _prompts(cfg.vocab_size)
     single = generate(params, cfg, prompts, strategy=TopK(4), max_new_tokens=10, num_samples=2, seed=5)
-    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    mesh = make_mesh(*shape)
+    assert tuple(sampling_mesh(cfg, mesh, layout).shape.values()) == decode_shape  # 4 heads, 2 KV heads
     _, sharded_params = load_hf(hf_models("gemma2")[0], mesh=mesh, progress=False)
     sharded = generate(sharded_params, cfg, prompts, strategy=TopK(4), max_new_tokens=10, num_samples=2,
-                       seed=5, mesh=mesh)
+                       seed=5, mesh=mesh, layout=layout)
     np.testing.assert_array_equal(sharded.tokens, single.tokens)
     assert np.abs(sharded.logprobs - single.logprobs).max() < TOL
 
@@ -194,3 +201,17 @@ def test_unrolled_layers_equal_the_scanned_stack(gemma2):
     scanned, _ = Decoder(cfg).apply({"params": params}, tokens, positions)
     unrolled, _ = Decoder(cfg, unrolled=True).apply({"params": unstack_layers(params)}, tokens, positions)
     assert np.abs(np.asarray(scanned) - np.asarray(unrolled)).max() < TOL
+
+
+def test_decode_phases_give_the_same_samples(gemma2):
+    """Decode phases that attend over only the cache slots their steps can have filled (windows
+    of 128, 256 and all 316 slots here) sample exactly what one loop over the whole cache does."""
+    cfg, params = gemma2
+    prompts = _prompts(cfg.vocab_size)
+    assert phase_windows(16, 300, 3) == [128, 256, 316]
+    assert phase_steps(16, 300, [128, 256, 316]) == [112, 128, 59]
+    runs = [generate(params, cfg, prompts, strategy=TopK(4), max_new_tokens=300, num_samples=2, seed=3,
+                     decode_phases=p) for p in (1, 3)]
+    np.testing.assert_array_equal(runs[0].tokens, runs[1].tokens)
+    np.testing.assert_array_equal(runs[0].lengths, runs[1].lengths)
+    assert np.abs(runs[0].logprobs - runs[1].logprobs).max() < TOL

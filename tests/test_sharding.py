@@ -13,8 +13,8 @@ from conftest import padded_batch
 from grm_jax.hf import load_hf
 from grm_jax.models import (CACHE_LOGICAL_NAMES, Decoder, abstract_params, from_hf_config, init_cache,
                             positions_from_mask)
-from grm_jax.sharding import (batch_sharding, bytes_per_device, logical_to_spec, make_mesh,
-                              parse_mesh_spec, tree_shardings, unsharded_dims)
+from grm_jax.sharding import (batch_sharding, bytes_per_device, decode_mesh, decode_mesh_shape, logical_to_spec,
+                              make_mesh, parse_mesh_spec, tree_shardings, unsharded_dims)
 from jax.sharding import PartitionSpec as P
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "models").glob("*.json"))
@@ -85,6 +85,23 @@ def test_mesh_spec_parsing():
         parse_mesh_spec("model=2")
     with pytest.raises(ValueError, match="does not fit 8 devices"):
         make_mesh(data=3, fsdp=-1)
+
+
+def test_decode_mesh_folds_fsdp_into_tensor_as_far_as_the_heads_split():
+    shape = {"data": 8, "fsdp": 8, "tensor": 1}
+    assert decode_mesh_shape(shape, 32, 16) == {"data": 8, "fsdp": 1, "tensor": 8}        # Gemma-2-27B
+    assert decode_mesh_shape({"data": 1, "fsdp": 8, "tensor": 1}, 28, 4) == {"data": 2, "fsdp": 1, "tensor": 4}
+    assert decode_mesh_shape({"data": 2, "fsdp": 2, "tensor": 2}, 4, 2) == {"data": 4, "fsdp": 1, "tensor": 2}
+    assert decode_mesh_shape({"data": 2, "fsdp": 1, "tensor": 2}, 4, 2) == {"data": 2, "fsdp": 1, "tensor": 2}
+    assert decode_mesh_shape(shape, 32, 16, "train") == shape
+    with pytest.raises(ValueError, match="decode layout"):
+        decode_mesh_shape(shape, 32, 16, "fsdp")
+    mesh = make_mesh(data=1, fsdp=4, tensor=2)
+    view = decode_mesh(mesh, 8, 8)
+    assert dict(view.shape) == {"data": 1, "fsdp": 1, "tensor": 8}
+    assert list(view.devices.flat) == list(mesh.devices.flat)  # same devices, same order: no copies between
+    data_only = make_mesh(data=8, fsdp=1, tensor=1)
+    assert decode_mesh(data_only, 8, 8) is data_only  # nothing to fold: the sampler keeps the mesh
 
 
 def test_cache_shardings_cover_the_cache():

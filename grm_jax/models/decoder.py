@@ -119,7 +119,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, cache: Cache | None = None, *,
-                 hidden_only: bool = False, fresh_cache: bool = False):
+                 hidden_only: bool = False, fresh_cache: bool = False, read_slots: int | None = None):
         """Runs the model on `tokens_BT` placed at cache slots [cache.end, cache.end + T).
 
         Args:
@@ -131,6 +131,8 @@ class Decoder(nn.Module):
           fresh_cache: the caller promises `cache` holds nothing yet (a prefill into
             `init_cache`): attention then runs over the new tokens alone ([T, T], and splash
             can run), the cache is still written.
+          read_slots: attend over the cache's first `read_slots` slots only (static): the
+            caller promises every query's slot is below it (the sampler's decode phases).
 
         Returns:
           (logits [B, T, V] in float32, the updated cache or None); with `hidden_only`, the
@@ -162,8 +164,10 @@ class Decoder(nn.Module):
         key_positions_BS = jax.lax.dynamic_update_slice_in_dim(
             past_positions_BS, positions_BT.astype(jnp.int32), start, 1)
         q_slot_T = start + jnp.arange(T)
+        if read_slots is not None and use_cache and not fresh_cache:
+            S = min(S, read_slots)  # the masks cover the slots read; the cache is kept whole
         k_slot_S = jnp.arange(S)
-        mask_full = (k_slot_S[None, None, :] <= q_slot_T[None, :, None]) & (key_positions_BS[:, None, :] >= 0)
+        mask_full = (k_slot_S[None, None, :] <= q_slot_T[None, :, None]) & (key_positions_BS[:, None, :S] >= 0)
         mask_sliding = None
         if cfg.has_sliding:
             in_window = (q_slot_T[:, None] - k_slot_S[None, :]) < cfg.sliding_window

@@ -203,6 +203,10 @@ class Attention(nn.Module):
                 v_BKSH = jax.lax.dynamic_index_in_dim(v_buf, layer, 0, keepdims=False)
             kv = (k_buf, v_buf, layer)
 
+        if kv is not None and not fresh and mask_BTS.shape[-1] < k_BKSH.shape[2]:
+            # The caller reads only the first slots of the cache (a decode phase whose rows
+            # cannot be past them): the attention reads no more of the buffer than that.
+            k_BKSH, v_BKSH = k_BKSH[:, :, :mask_BTS.shape[-1]], v_BKSH[:, :, :mask_BTS.shape[-1]]
         impl = resolve_attention(cfg, self.mesh)
         if kv is None or fresh:  # the keys are exactly the new tokens
             T = k_BKTH.shape[2]

@@ -70,7 +70,7 @@ class RunCheckpointer:
 # and computed. Everything else (model, data, shapes, optimizer, reward, seed...) is the run's
 # identity: resuming under another would continue one run with the settings of another.
 RESUMABLE_CHANGES = ("steps", "save_every", "keep", "mesh", "data_shards", "unroll_layers", "remat",
-                     "chunk", "optim.total_steps")
+                     "decode_layout", "chunk", "optim.total_steps")
 
 
 def identity_changes(saved: dict, now: dict) -> list[str]:

@@ -25,6 +25,7 @@ from omegaconf import MISSING
 from grm_jax.config import require_positive
 from grm_jax.models.config import ModelConfig
 from grm_jax.models.logprobs import token_logprobs
+from grm_jax.sharding import DECODE_LAYOUTS
 from grm_jax.train.optim import OptimConfig
 from grm_jax.train.rl import AGGREGATIONS, KL_ESTIMATORS, clipped_surrogate, kl_estimate
 
@@ -49,7 +50,11 @@ class GRPOConfig:
     max_new_tokens: int = 256
     max_prompt_length: int = 1024
     temperature: float = 1.0
-    unroll_layers: bool = False          # layers as a Python loop in sampler and update (faster on CPU)
+    # Layers as a Python loop in the update and the reference/reward forwards (faster on CPU). The
+    # sampler always decodes unrolled, on per-layer weights and caches: in a layer scan each decode
+    # step copies every layer's cache slice out of the stack (on CPU, and in TPU programs).
+    unroll_layers: bool = False
+    decode_layout: str = "tensor"        # sampler's layout: tensor (reshard once per step) | train (see sharding.decode_mesh)
     remat: bool = False                  # recompute each layer in the backward pass (long sequences, big models)
     data_shards: Optional[int] = None    # prompt shards (default: one per process); see grpo_run
     inner_iters: int = 1
@@ -69,6 +74,8 @@ class GRPOConfig:
     def __post_init__(self):
         if self.reward not in REWARD_KINDS:
             raise ValueError(f"reward must be one of {REWARD_KINDS}, got {self.reward!r}")
+        if self.decode_layout not in DECODE_LAYOUTS:
+            raise ValueError(f"decode_layout must be one of {DECODE_LAYOUTS}, got {self.decode_layout!r}")
         if self.kl not in KL_ESTIMATORS or self.aggregation not in AGGREGATIONS:
             raise ValueError(f"kl must be one of {KL_ESTIMATORS} and aggregation one of {AGGREGATIONS}")
         if self.group_size < 2:

@@ -214,7 +214,7 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
         s = generate(state.params, model_cfg, [p.ids for p in batch_prompts], strategy=Temperature(cfg.temperature),
                      max_new_tokens=cfg.max_new_tokens, stop_tokens=stop, num_samples=G,
                      seed=cfg.seed * 1_000_003 + int(state.step), pad_id=pad, mesh=mesh,
-                     unroll_layers=cfg.unroll_layers)
+                     layout=cfg.decode_layout)  # unrolled layers: see GRPOConfig.unroll_layers
         t1 = time.perf_counter()
         longest = max(len(batch_prompts[r // G].ids) + int(n) for r, n in enumerate(s.lengths))
         batch = build_batch([p.ids for p in batch_prompts], s, G, pad,
