@@ -31,6 +31,7 @@ branches all counted). Estimates, stated as such.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 _DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2,
                 "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8}
@@ -88,52 +89,57 @@ def _array_bytes(shape: str) -> float:
     return sum(b for b, _ in _arrays(shape))
 
 
-def _fusion_operands(hlo_text: str) -> dict[str, tuple[dict[int, float], dict[int, float]]]:
-    """Per computation (a fusion's body): ({parameter index: bytes read} for each parameter that
-    is only sliced or gathered from, {parameter index: bytes of the update} for a parameter the
-    computation updates in place: its root is a dynamic-update-slice of it)."""
-    out: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
+class _Instr(NamedTuple):
+    name: str
+    shape: str      # the result shape, layouts included
+    op: str
+    operands: list  # operand instruction names
+    line: str
+    root: bool
 
-    def finish(comp, params, uses, root):
-        if comp is None:
-            return
-        partial, inplace = {}, {}
-        for pname, index in params.items():
-            consumers = uses.get(pname, [])
-            if root and root[0] == "dynamic-update-slice" and root[1] and root[1][0] == pname:
-                others = [c for c in consumers if c[2] != root[2]]
-                if all(op in _PARTIAL_READS and first for op, first, _, _ in others):
-                    inplace[index] = root[3]
-                continue
-            if consumers and all(op in _PARTIAL_READS and first for op, first, _, _ in consumers):
-                partial[index] = sum(b for _, _, _, b in consumers)
-        out[comp] = (partial, inplace)
 
-    current, params, uses, root = None, {}, {}, None
-    shapes: dict[str, str] = {}
+def _computations(hlo_text: str) -> dict[str, list[_Instr]]:
+    """{computation name: its instructions in order} (computations start unindented)."""
+    out: dict[str, list[_Instr]] = {}
+    current = None
     for line in hlo_text.splitlines():
         header = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{$", line)
         if header:
-            finish(current, params, uses, root)
-            current, params, uses, root, shapes = header.group(1), {}, {}, None, {}
+            current = out.setdefault(header.group(1), [])
             continue
         m = _INSTR.match(line)
-        if not m or current is None:
-            continue
-        name, rest = m.groups()
-        shape, op, args = _split_shape_op(rest)
-        shapes[name] = shape
-        operands = re.findall(r"%([\w.\-]+)", args)
-        if op == "parameter":
-            params[name] = int(args)
-        for k, a in enumerate(operands):
-            # (consumer op, whether it reads the operand as its source, consumer, bytes it reads)
-            uses.setdefault(a, []).append((op, k == 0, name, _array_bytes(shape)))
-        if line.lstrip().startswith("ROOT "):
-            update = _array_bytes(shapes.get(operands[1], "")) if op == "dynamic-update-slice" and len(operands) > 1 else 0.0
-            root = (op, operands, name, update)
-    finish(current, params, uses, root)
+        if m and current is not None:
+            name, rest = m.groups()
+            shape, op, args = _split_shape_op(rest)
+            current.append(_Instr(name, shape, op, re.findall(r"%([\w.\-]+)", args), rest,
+                                  line.lstrip().startswith("ROOT ")))
     return out
+
+
+def _fusion_operands(instrs: list[_Instr]) -> tuple[dict[int, float], dict[int, float]]:
+    """For a fusion's body: ({parameter index: bytes read} for each parameter that is only sliced
+    or gathered from, {parameter index: bytes of the update} for a parameter the body updates in
+    place: its root is a dynamic-update-slice of it)."""
+    shapes = {i.name: i.shape for i in instrs}
+    params = {i.name: int(re.search(r"parameter\((\d+)\)", i.line).group(1)) for i in instrs if i.op == "parameter"}
+    uses: dict[str, list[_Instr]] = {}
+    for i in instrs:
+        for k, a in enumerate(i.operands):
+            uses.setdefault(a, []).append((i, k))
+    root = next((i for i in instrs if i.root), None)
+
+    def sliced(consumers):
+        return all(c.op in _PARTIAL_READS and k == 0 for c, k in consumers)
+
+    partial, inplace = {}, {}
+    for pname, index in params.items():
+        consumers = uses.get(pname, [])
+        if root is not None and root.op == "dynamic-update-slice" and root.operands[:1] == [pname]:
+            if sliced([(c, k) for c, k in consumers if c is not root]) and len(root.operands) > 1:
+                inplace[index] = _array_bytes(shapes.get(root.operands[1], ""))
+        elif consumers and sliced(consumers):
+            partial[index] = sum(_array_bytes(c.shape) for c, _ in consumers)
+    return partial, inplace
 
 
 def hbm_bytes(hlo_text: str) -> float:
@@ -149,17 +155,10 @@ def loop_step_bytes(hlo_text: str) -> dict[str, float | None]:
     """{while body: HBM bytes of one iteration} for each while loop of the program: the body's
     instructions and those of every computation it calls; None for a loop whose body runs a loop
     of its own (its trip count is not in the HLO, so one iteration cannot be counted)."""
-    calls: dict[str, set[str]] = {}
-    current = None
-    for line in hlo_text.splitlines():
-        header = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{$", line)
-        if header:
-            current = header.group(1)
-            calls[current] = set()
-            continue
-        if current is not None:
-            for one, many in _CALLED.findall(line):
-                calls[current].update([one] if one else re.findall(r"%([\w.\-]+)", many))
+    comps = _computations(hlo_text)
+    calls = {c: {called for i in instrs for one, many in _CALLED.findall(i.line)
+                 for called in ([one] if one else re.findall(r"%([\w.\-]+)", many))}
+             for c, instrs in comps.items()}
     per_comp: dict[str, float] = {}
     for moved, _, _, comp in hbm_breakdown(hlo_text):
         per_comp[comp] = per_comp.get(comp, 0.0) + moved
@@ -183,47 +182,43 @@ def hbm_breakdown(hlo_text: str) -> list[tuple[float, str, str, str]]:
     bodies = set(re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", hlo_text))
     async_calls = set(re.findall(r"async-start\([^\n]*calls=%([\w.\-]+)", hlo_text))
     bodies -= async_calls
-    fusions = _fusion_operands(hlo_text)
+    comps = _computations(hlo_text)
     copied = re.findall(r"copy-start\(%([\w.\-]+)\)(.*)", hlo_text)
     prefetch_only = {a for a, tail in copied if "cross_program_prefetch" in tail}
     prefetch_only -= {a for a, tail in copied if "cross_program_prefetch" not in tail}
-    out, current, shapes = [], None, {}
-    for line in hlo_text.splitlines():
-        header = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{$", line)  # computations start unindented
-        if header:
-            current, shapes = header.group(1), {}
+    out = []
+    for current, instrs in comps.items():
+        if current in bodies:
             continue
-        m = _INSTR.match(line)
-        if not m or current is None:
-            continue
-        name, rest = m.groups()
-        shape, op, args = _split_shape_op(rest)
-        shapes[name] = shape
-        if current in bodies or op in _FREE or not op:
-            continue
-        names = re.findall(r"%([\w.\-]+)", args)
-        operands = [shapes.get(a, "") for a in names]
-        if op == "copy-start" and "cross_program_prefetch" in rest and names and names[0] not in prefetch_only:
-            continue  # the same operand is copied again where it is used
-        if op == "fusion":
-            called = re.search(r"calls=%([\w.\-]+)", rest)
-            partial, inplace = fusions.get(called.group(1), ({}, {})) if called else ({}, {})
-            moved = sum(0.0 if i in inplace else min(_hbm(s), partial.get(i, float("inf")))
-                        for i, s in enumerate(operands))
-            # An in-place update writes (and reads around) its slot, not the whole buffer.
-            moved += 2 * sum(inplace.values()) if inplace else _hbm(shape)
-        elif op.endswith("-start"):
-            # Reads what it moves out of HBM: a slice-start only its slice (the on-chip array of
-            # its result), a copy-start the whole operand.
-            read = sum(_hbm(s) for s in operands)
-            onchip = [b for b, hbm in _arrays(shape) if not hbm and b > 8]
-            moved = min(read, max(onchip)) if onchip else read
-        elif op.endswith("-done"):
-            moved = _hbm(shape)
-        elif op == "dynamic-update-slice":
-            moved = 2 * (_hbm(operands[1]) if len(operands) > 1 else 0.0)
-        else:
-            moved = sum(_hbm(s) for s in operands) + _hbm(shape)
-        if moved:
-            out.append((moved, op, name, current))
+        shapes = {i.name: i.shape for i in instrs}
+        for name, shape, op, names, rest, _ in instrs:
+            if op in _FREE or not op:
+                continue
+            moved = _moved(shape, op, names, rest, shapes, comps, prefetch_only)
+            if moved:
+                out.append((moved, op, name, current))
     return sorted(out, reverse=True)
+
+
+def _moved(shape, op, names, rest, shapes, comps, prefetch_only) -> float:
+    """HBM bytes one instruction moves (the rules of the module doc)."""
+    operands = [shapes.get(a, "") for a in names]
+    if op == "copy-start" and "cross_program_prefetch" in rest and names and names[0] not in prefetch_only:
+        return 0.0  # the same operand is copied again where it is used
+    if op == "fusion":
+        called = re.search(r"calls=%([\w.\-]+)", rest)
+        partial, inplace = _fusion_operands(comps.get(called.group(1), [])) if called else ({}, {})
+        read = sum(0.0 if i in inplace else min(_hbm(s), partial.get(i, float("inf"))) for i, s in enumerate(operands))
+        # An in-place update writes (and reads around) its slot, not the whole buffer.
+        return read + (2 * sum(inplace.values()) if inplace else _hbm(shape))
+    if op.endswith("-start"):
+        # Reads what it moves out of HBM: a slice-start only its slice (the on-chip array of its
+        # result), a copy-start the whole operand.
+        read = sum(_hbm(s) for s in operands)
+        onchip = [b for b, hbm in _arrays(shape) if not hbm and b > 8]
+        return min(read, max(onchip)) if onchip else read
+    if op.endswith("-done"):
+        return _hbm(shape)
+    if op == "dynamic-update-slice":
+        return 2 * (_hbm(operands[1]) if len(operands) > 1 else 0.0)
+    return sum(_hbm(s) for s in operands) + _hbm(shape)
