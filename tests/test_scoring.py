@@ -35,6 +35,33 @@ def test_system_prompt_conditions_the_prompt_only(tok):
     assert sys.ids[sys.start:] == plain.ids[plain.start:]
 
 
+NO_SYSTEM = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+             "{% for m in messages %}{{ '<|im_start|>' + ('model' if m['role'] == 'assistant' else m['role']) + "
+             "'\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+             "{% if add_generation_prompt %}{{ '<|im_start|>model\\n' }}{% endif %}")
+DROPS_SYSTEM = ("{% for m in messages if m['role'] != 'system' %}{{ '<|im_start|>' + m['role'] + '\\n' + "
+                "m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+@pytest.mark.parametrize("template,turn", [(NO_SYSTEM, "model"), (DROPS_SYSTEM, "assistant")],
+                         ids=["raises", "drops"])
+def test_a_template_without_system_role_gets_the_system_prompt_in_the_first_user_turn(tok, template, turn):
+    """Gemma 2's template raises on a system message (others drop it): the system prompt goes at
+    the start of the first user turn instead, and the response span is unchanged."""
+    import copy
+
+    no_system = copy.deepcopy(tok)
+    no_system.chat_template = template
+    assert ChatFormatter(tok).system_role and not ChatFormatter(no_system).system_role
+    f = ChatFormatter(no_system, system_prompt="Be brief.")
+    assert no_system.decode(f.prompt_ids("hi")) == f"<|im_start|>user\nBe brief.\n\nhi<|im_end|>\n<|im_start|>{turn}\n"
+    own = f.prompt_ids([{"role": "system", "content": "Judge code."}, {"role": "user", "content": "hi"}])
+    assert no_system.decode(own).startswith("<|im_start|>user\nBe brief.\n\nJudge code.\n\nhi<|im_end|>")
+    e, plain = f.encode("hi", "hello"), ChatFormatter(no_system).encode("hi", "hello")
+    assert e.ids[e.start:] == plain.ids[plain.start:] and no_system.decode(e.ids[e.start:]) == "hello<|im_end|>"
+
+
 def test_plain_concatenation_without_template(tok):
     f = ChatFormatter(tok, use_template=False)
     e = f.encode("What is 2 + 3?", " The answer is 5.")

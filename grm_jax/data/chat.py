@@ -9,6 +9,12 @@ response text); anything the template writes after it (a newline) is dropped.
 Without a template: [BOS] + prompt tokens, then response tokens + [EOS]; a system prompt is
 placed before the prompt, separated by a blank line.
 
+Templates with no system role (Gemma 2's raises on one; some drop it silently) get the system
+prompt at the start of the first user turn, separated by a blank line, as those models' own
+guides do; this is logged once. Templates are rendered with `date_string` fixed to
+"26 Jul 2024" (Llama 3.x writes today's date into its system header otherwise), so the same
+prompt always encodes to the same ids.
+
 Over-length policy (`max_length`): the response is kept whole when it can be. The prompt is cut
 from the left, down to max(max_length − response, min(prompt, max_length // 2)) tokens; then the
 response is cut from the right to fill `max_length` (losing its end-of-turn token).
@@ -17,7 +23,12 @@ response is cut from the right to fill `max_length` (losing its end-of-turn toke
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Sequence
+
+log = logging.getLogger(__name__)
+DATE_STRING = "26 Jul 2024"  # what Llama 3.1's own template writes when given no date
+_PROBE = "grm-jax system probe"
 
 Messages = list[dict]
 
@@ -54,7 +65,9 @@ def check_unicode(value, field: str) -> None:
                               f"(U+{ord(text[e.start]):04X} at character {e.start})") from None
 
 
-def _as_messages(prompt: str | Messages, system: str | None) -> Messages:
+def _as_messages(prompt: str | Messages, system: str | None, system_role: bool = True) -> Messages:
+    """The messages to render: `system` before the prompt's own system message, and both folded
+    into the first user turn when the template has no system role."""
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
     else:
@@ -66,6 +79,12 @@ def _as_messages(prompt: str | Messages, system: str | None) -> Messages:
             messages[0] = {"role": "system", "content": f"{system}\n\n{messages[0]['content']}"}
         else:
             messages.insert(0, {"role": "system", "content": system})
+    if not system_role and messages[0]["role"] == "system":
+        head, messages = messages[0]["content"], messages[1:]
+        if messages and messages[0]["role"] == "user":
+            messages[0] = {"role": "user", "content": f"{head}\n\n{messages[0]['content']}"}
+        else:
+            messages.insert(0, {"role": "user", "content": head})
     return messages
 
 
@@ -80,9 +99,28 @@ class ChatFormatter:
             raise PromptError("the tokenizer has no chat template")
         self.use_template = has_template if use_template is None else use_template
         self._special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+        self.system_role = self.use_template and self._has_system_role()
 
     def _render(self, messages: Messages, generation: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation,
+                                                  date_string=DATE_STRING)
+
+    def _has_system_role(self) -> bool:
+        """Whether the template renders a system message (rather than raising or dropping it)."""
+        try:
+            text = self._render([{"role": "system", "content": _PROBE}, {"role": "user", "content": "x"}], True)
+        except Exception as e:  # jinja2's TemplateError from the template's raise_exception
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        else:
+            if _PROBE in text:
+                return True
+            reason = "it drops system messages"
+        log.info("the chat template has no system role (%s): a system prompt goes at the start of the first "
+                 "user turn", reason)
+        return False
+
+    def _messages(self, prompt: str | Messages) -> Messages:
+        return _as_messages(prompt, self.system_prompt, self.system_role)
 
     def _plain_prompt(self, prompt: str | Messages) -> list[int]:
         if not isinstance(prompt, str):
@@ -98,7 +136,7 @@ class ChatFormatter:
         if not self.use_template:
             ids = self._plain_prompt(prompt)
         else:
-            text = self._render(_as_messages(prompt, self.system_prompt), True)
+            text = self._render(self._messages(prompt), True)
             ids = self.tokenizer.encode(text, add_special_tokens=False)
         if not ids:
             raise PromptError("the prompt encodes to no tokens")
@@ -135,7 +173,7 @@ class ChatFormatter:
         return _truncate(ids, start, max_length)
 
     def _encode_template(self, prompt, response: str) -> tuple[list[int], int]:
-        messages = _as_messages(prompt, self.system_prompt)
+        messages = self._messages(prompt)
         prefix = self._render(messages, True)
         full = self._render(messages + [{"role": "assistant", "content": response}], False)
         if not full.startswith(prefix):
