@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -44,10 +46,24 @@ def _import_hf(args) -> int:
     out = Path(args.ckpt_dir)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    cfg, params = load_hf(args.hf_dir, mesh=mesh_from_spec(args.mesh), param_dtype=args.dtype)
-    save_model(out, params, cfg, tokenizer_files=tokenizer_files(args.hf_dir), overwrite=args.overwrite)
+    with _hf_source(args.hf_dir) as source:
+        cfg, params = load_hf(source, mesh=mesh_from_spec(args.mesh), param_dtype=args.dtype)
+        save_model(out, params, cfg, tokenizer_files=tokenizer_files(source), overwrite=args.overwrite)
     print(f"imported {cfg.family} ({cfg.num_params():,} params, {cfg.param_dtype}) to {out}")
     return 0
+
+
+@contextlib.contextmanager
+def _hf_source(path: str):
+    """An HF directory for `path`: itself, or a GGUF file (or a directory holding one) converted
+    into a temporary HF directory, removed afterwards."""
+    from grm_jax.hf.gguf import gguf_to_hf, is_gguf
+
+    if not is_gguf(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="grm-jax-gguf-") as tmp:
+        yield str(gguf_to_hf(path, Path(tmp) / "hf"))
 
 
 def _export_hf(args) -> int:
@@ -280,12 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_plan_parser(sub)
 
-    s = sub.add_parser("import-hf", help="convert an HF model directory to a grm-jax checkpoint",
+    s = sub.add_parser("import-hf", help="convert an HF model directory (or a GGUF file) to a grm-jax checkpoint",
                        description="Load an HF directory (config.json + safetensors, single file or "
                                    "sharded index), streaming each tensor into its sharded device "
                                    "array, and save an Orbax checkpoint with the model config and "
-                                   "tokenizer files.")
-    s.add_argument("hf_dir", help="Hugging Face model directory")
+                                   "tokenizer files. A llama.cpp GGUF file (or a directory holding one; "
+                                   "llama and qwen2 architectures) is dequantized to float32 first, "
+                                   "with its tokenizer and chat template; needs the gguf package "
+                                   "(pip install 'grm-jax[gguf]').")
+    s.add_argument("hf_dir", help="Hugging Face model directory, or a .gguf file")
     s.add_argument("ckpt_dir", help="output checkpoint directory (must not exist)")
     s.add_argument("--dtype", choices=_DTYPES, help="param dtype (default: the checkpoint's own)")
     s.add_argument("--mesh", help=_MESH_HELP)

