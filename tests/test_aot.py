@@ -77,9 +77,10 @@ def test_decode_step_moves_the_weights_and_live_cache_once(tmp_path, mesh_shape)
     weights resharded once per call, not gathered every step). Bytes from the compiled HLO's
     HBM-resident operands, one iteration of each loop (XLA's own 'bytes accessed' also counts the
     on-chip VMEM copies, several times over)."""
-    # Weights well over the chip's on-chip VMEM (128 MiB), so a step must read them from HBM.
-    tiny_hf_config("qwen2", hidden_size=2048, intermediate_size=8192, num_hidden_layers=8, num_attention_heads=16,
-                   num_key_value_heads=16, head_dim=128, vocab_size=4096,
+    # Weights well over the chip's on-chip VMEM (128 MiB), so a step must read them from HBM; two
+    # layers, since compile time grows with the layers (unrolled, in 4 decode loops).
+    tiny_hf_config("qwen2", hidden_size=4096, intermediate_size=16384, num_hidden_layers=2, num_attention_heads=32,
+                   num_key_value_heads=32, head_dim=128, vocab_size=4096,
                    max_position_embeddings=8192).save_pretrained(tmp_path / "m")
     cfg = from_hf_config(tmp_path / "m" / "config.json").replace(dtype="bfloat16", param_dtype="bfloat16")
     mesh = aot.topology_mesh(aot.get_topology(TOPOLOGY), mesh_shape)
@@ -90,9 +91,14 @@ def test_decode_step_moves_the_weights_and_live_cache_once(tmp_path, mesh_shape)
     assert steps == (256, 256, 256, 255) and live == 0.75
     [compiled] = aot.compile_programs([sampler], cfg, progress=False, cost=False)
     assert compiled.decode_hbm is not None, "the program's loops are not one per decode phase"
-    ratio = compiled.decode_hbm / (weights + kv * live)
+    ideal = weights + kv * live
+    ratio = compiled.decode_hbm / ideal
     print(f"decode step HBM / (weights + live KV) on {mesh_shape}: {ratio:.3f}")  # shown with -s
-    assert 1.0 <= ratio < 1.2, (compiled.decode_hbm, weights, kv, live)
+    assert ratio < 1.2, (compiled.decode_hbm, weights, kv, live)
+    # No step can read less than the ideal minus what may stay on chip between steps (a v5e
+    # core's 128 MiB of VMEM; XLA does keep some loop-invariant weights there): a counting bug
+    # that dropped a whole cache or weight buffer would land below this.
+    assert compiled.decode_hbm >= ideal - 128 * 2**20, (compiled.decode_hbm, weights, kv, live)
 
 
 def test_splash_needs_less_temp_than_xla_at_2048(tmp_path):
