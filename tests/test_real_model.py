@@ -2,10 +2,13 @@
 49,152, tied embeddings), a Q4_1 GGUF from the package index (the `smollm2` fixture), imported
 through `grm-jax import-hf FILE.gguf` and checked against transformers on the same weights."""
 
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import smollm2_gguf, torch_logits
+from test_rewards import _numpy_rewards
 
 from grm_jax.cli import main
 from grm_jax.data.chat import ChatFormatter
@@ -35,7 +38,7 @@ def imported(smollm2, tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2") / "ckpt"
     assert main(["import-hf", str(smollm2_gguf(smollm2)), str(out)]) == 0
     cfg, params, tokenizer_dir = load_any(str(out))
-    return cfg, params, load_tokenizer(tokenizer_dir)
+    return cfg, params, load_tokenizer(tokenizer_dir), out
 
 
 def _chat_batch(tokenizer):
@@ -65,7 +68,7 @@ def test_gguf_weights_equal_transformers_own_gguf_loader(smollm2):
 
 
 def test_imported_gguf_logits_equal_transformers_on_a_left_padded_chat_batch(imported, reference):
-    cfg, params, tokenizer = imported
+    cfg, params, tokenizer, _ = imported
     model, _ = reference
     assert (cfg.num_layers, cfg.embed_dim, cfg.vocab_size, cfg.tie_embeddings) == (30, 576, 49152, True)
     _, tokens, mask = _chat_batch(tokenizer)
@@ -96,10 +99,46 @@ def test_bf16_import_stays_close_to_transformers_fp32(smollm2, reference, tmp_pa
     assert err.max() < 2.5 and err.mean() < 0.35 and agree >= 0.95
 
 
+FACTS = [("What is the capital of France?", "The capital of France is Paris.", "The capital of France is Rome."),
+         ("How many legs does a spider have?", "A spider has eight legs.", "A spider has six legs."),
+         ("What is the boiling point of water at sea level?", "Water boils at 100 degrees Celsius.",
+          "Water boils at 50 degrees Celsius.")]
+
+
+def test_score_rewards_equal_an_independent_computation_from_transformers_logits(imported, reference, tmp_path):
+    """`grm-jax score` on the imported checkpoint: each response's endogenous reward (sum, α = 1)
+    equals the paper's definition computed token by token from transformers' float64 logits."""
+    import torch
+
+    import copy
+
+    cfg, params, tokenizer, ckpt = imported
+    float64 = copy.deepcopy(reference[0]).double()
+    data = tmp_path / "facts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in FACTS))
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--model", str(ckpt), "--data", str(data), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    formatter = ChatFormatter(tokenizer)
+    errors = []
+    for (prompt, *responses), row in zip(FACTS, rows):
+        for response, got in zip(responses, (row["chosen_reward"], row["rejected_reward"])):
+            e = formatter.encode(prompt, response)
+            tokens = np.asarray([e.ids])
+            response_mask = np.zeros_like(tokens)
+            response_mask[0, e.start:] = 1
+            with torch.no_grad():
+                logits = float64(input_ids=torch.tensor(tokens)).logits.numpy()
+            want = _numpy_rewards(logits, tokens, response_mask, 1.0)[0, 0]
+            assert abs(got - want) < 1e-3, (prompt, response, got, want)
+            errors.append(abs(got - want))
+    print(f"SmolLM2-135M score rewards vs the definition on transformers' logits: max-abs {max(errors):.1e}")
+
+
 def test_greedy_generation_is_token_identical_to_transformers(imported, reference):
     import torch
 
-    cfg, params, tokenizer = imported
+    cfg, params, tokenizer, _ = imported
     model, _ = reference
     ids, tokens, mask = _chat_batch(tokenizer)
     stop = ChatFormatter(tokenizer).stop_ids()
