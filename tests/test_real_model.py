@@ -172,3 +172,20 @@ def test_a_gguf_of_another_architecture_or_no_gguf_is_a_clear_error(tmp_path):
     with pytest.raises(GGUFError, match="expected one .gguf file, found 2"):
         gguf_to_hf(tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_hf_reloads_in_transformers_with_equal_logits(imported, reference, tmp_path):
+    """The imported checkpoint exported back to HF: transformers loads it, with the same tensors
+    (bit for bit) and logits as the directory the GGUF became."""
+    import torch
+    import transformers
+
+    cfg, _, tokenizer, ckpt = imported
+    out = tmp_path / "exported"
+    assert main(["export-hf", str(ckpt), str(out)]) == 0
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    want = reference[0].state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, want[name]), name
+    _, tokens, mask = _chat_batch(transformers.AutoTokenizer.from_pretrained(out))
+    np.testing.assert_array_equal(torch_logits(model, tokens, mask), torch_logits(reference[0], tokens, mask))
