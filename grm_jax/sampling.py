@@ -35,7 +35,7 @@ from grm_jax import distributed
 from grm_jax.models.config import ModelConfig
 from grm_jax.models.decoder import (Decoder, abstract_params, cache_logical_names, init_cache, lm_head_logits,
                                     positions_from_mask, unstack_layers)
-from grm_jax.sharding import _is_names, batch_sharding, constrain, decode_mesh, tree_shardings
+from grm_jax.sharding import DECODE_LAYOUTS, _is_names, batch_sharding, constrain, decode_mesh, tree_shardings
 
 _NEG = -1e30
 
@@ -177,6 +177,8 @@ def sampling_mesh(config: ModelConfig, mesh: Mesh | None, layout: str = "tensor"
     """The mesh the sampler runs on (`grm_jax.sharding.decode_mesh`): with the "tensor" layout,
     `mesh`'s devices as a tensor-parallel view, so a decode step reads each device's own slice of
     the weights instead of all-gathering them over fsdp."""
+    if layout not in DECODE_LAYOUTS:
+        raise ValueError(f"decode layout must be one of {DECODE_LAYOUTS}, got {layout!r}")
     if mesh is None:
         return None
     return decode_mesh(mesh, config.num_heads, config.num_kv_heads, layout)

@@ -96,7 +96,7 @@ def decode_mesh(mesh: Mesh, num_heads: int, num_kv_heads: int, layout: str = "te
 
     On an FSDP mesh each device holds 1/fsdp of every weight, so each decode step (one token per
     row) all-gathers every layer's weights: it moves several times the weights a device needs
-    (PAPERS-scale figures in the README). The "tensor" layout folds fsdp x tensor into one tensor
+    (figures for the paper configs in the README). The "tensor" layout folds fsdp x tensor into one tensor
     axis of size t (the largest divisor of fsdp x tensor that divides both head counts, so every
     attention and MLP weight and the KV cache split by heads without replication) and the rest
     into data. A step then reads only each device's own 1/t of the weights; the params are

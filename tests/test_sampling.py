@@ -190,6 +190,10 @@ def test_bad_prompts(gemma2):
         generate(params, cfg, [[5, 6], []])
     with pytest.raises(ValueError, match="max_position"):
         generate(params, cfg, [[5] * 10], max_new_tokens=cfg.max_position)
+    with pytest.raises(ValueError, match="decode layout must be one of"):
+        generate(params, cfg, [[5, 6]], layout="fsdp")
+    with pytest.raises(ValueError, match="decode phases must be >= 1"):
+        generate(params, cfg, [[5, 6]], decode_phases=0)
 
 
 def test_unrolled_layers_equal_the_scanned_stack(gemma2):
