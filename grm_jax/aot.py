@@ -14,6 +14,10 @@ and 2 layers of the first layer kind (and 1 layer of the other kind, for models 
 and sliding layers), extrapolated linearly to the model's layer counts, times the microbatch
 count; the sampler is its prefill plus (max_new_tokens − 1) decode steps, each compiled on its
 own. (The optimizer update is counted once per microbatch: under 0.1% of a step at these sizes.)
+
+A sampler's decode figure is read from the compiled sampler itself: the HBM bytes of one
+iteration of each of its decode loops (`hlo_traffic.loop_step_bytes`), weighted by the steps each
+decode phase runs, against the weights plus the mean live KV cache (`decode_step_hbm`).
 """
 
 from __future__ import annotations
