@@ -186,7 +186,7 @@ def hbm_breakdown(hlo_text: str) -> list[tuple[float, str, str, str]]:
     copied = re.findall(r"copy-start\(%([\w.\-]+)\)(.*)", hlo_text)
     prefetch_only = {a for a, tail in copied if "cross_program_prefetch" in tail}
     prefetch_only -= {a for a, tail in copied if "cross_program_prefetch" not in tail}
-    out = []
+    out, fusions = [], {}
     for current, instrs in comps.items():
         if current in bodies:
             continue
@@ -194,20 +194,23 @@ def hbm_breakdown(hlo_text: str) -> list[tuple[float, str, str, str]]:
         for name, shape, op, names, rest, _ in instrs:
             if op in _FREE or not op:
                 continue
-            moved = _moved(shape, op, names, rest, shapes, comps, prefetch_only)
+            moved = _moved(shape, op, names, rest, shapes, comps, prefetch_only, fusions)
             if moved:
                 out.append((moved, op, name, current))
     return sorted(out, reverse=True)
 
 
-def _moved(shape, op, names, rest, shapes, comps, prefetch_only) -> float:
-    """HBM bytes one instruction moves (the rules of the module doc)."""
+def _moved(shape, op, names, rest, shapes, comps, prefetch_only, fusions) -> float:
+    """HBM bytes one instruction moves (the rules of the module doc); `fusions` memoizes
+    `_fusion_operands` per fused computation."""
     operands = [shapes.get(a, "") for a in names]
     if op == "copy-start" and "cross_program_prefetch" in rest and names and names[0] not in prefetch_only:
         return 0.0  # the same operand is copied again where it is used
     if op == "fusion":
         called = re.search(r"calls=%([\w.\-]+)", rest)
-        partial, inplace = _fusion_operands(comps.get(called.group(1), [])) if called else ({}, {})
+        if called and called.group(1) not in fusions:
+            fusions[called.group(1)] = _fusion_operands(comps.get(called.group(1), []))
+        partial, inplace = fusions[called.group(1)] if called else ({}, {})
         read = sum(0.0 if i in inplace else min(_hbm(s), partial.get(i, float("inf"))) for i, s in enumerate(operands))
         # An in-place update writes (and reads around) its slot, not the whole buffer.
         return read + (2 * sum(inplace.values()) if inplace else _hbm(shape))
