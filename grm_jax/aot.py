@@ -402,12 +402,22 @@ def _compile(fn, args, static=()):
         return lowered.compile()
 
 
-def _cost(fn, args, static=()):
-    """(FLOPs, bytes accessed) per device; `fn` may be an already compiled program (args None)."""
-    compiled = fn if args is None else _compile(fn, args, static)
+def _cost(compiled) -> tuple[float, float]:
+    """(FLOPs, bytes accessed) per device of a compiled program."""
     c = compiled.cost_analysis()
     c = c[0] if isinstance(c, (list, tuple)) else c
     return float(c.get("flops", 0.0)), float(c.get("bytes accessed", 0.0))
+
+
+def _compile_all(items: list) -> list:
+    """Compiles lowered programs (or passes compiled ones through) on a thread per core: XLA's
+    compiler releases the GIL, and a plan's companion programs are independent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(x):
+        return x.compile() if hasattr(x, "compile") else x
+    with _quiet_stderr(), ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1))) as pool:
+        return list(pool.map(one, items))
 
 
 def layer_variants(cfg: ModelConfig) -> list[tuple[ModelConfig, dict]]:
@@ -431,15 +441,15 @@ def layer_variants(cfg: ModelConfig) -> list[tuple[ModelConfig, dict]]:
 
 def program_cost(p: Program, cfg: ModelConfig) -> tuple[float, float]:
     """(FLOPs, bytes accessed) per device of one run of `p`, loops counted."""
-    total_f = total_b = 0.0
+    weights, programs = [], []
     for variant, weight in layer_variants(cfg):
         for part in p.cost_parts(variant):
             fn, args, times = part[:3]
             static = part[3] if len(part) > 3 else ()
-            f, b = _cost(fn, args, static)
-            total_f += weight * times * f
-            total_b += weight * times * b
-    return total_f, total_b
+            weights.append(weight * times)
+            programs.append(fn if args is None else fn.lower(*args, *static))
+    costs = [_cost(c) for c in _compile_all(programs)]
+    return sum(w * f for w, (f, _) in zip(weights, costs)), sum(w * b for w, (_, b) in zip(weights, costs))
 
 
 def attention_of(cfg: ModelConfig) -> str:

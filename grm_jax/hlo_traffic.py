@@ -13,7 +13,8 @@ computation that is not a fusion's or a reducer's body:
 - `dynamic-update-slice` in place: twice the update (read-modify-write of the slot), not the
   whole buffer;
 - a fusion that only slices or gathers from one of its operands (an embedding lookup, a decode
-  step reading the first slots of a cache): only the bytes it takes out of that operand;
+  step reading the first slots of a cache), itself or through a nested fusion that does: only
+  the bytes it takes out of that operand;
 - a fusion whose root updates one of its operands in place (a dynamic-update-slice of a
   parameter: a KV cache write): twice the update, as for a bare dynamic-update-slice, and
   nothing for the whole buffer;
@@ -116,10 +117,13 @@ def _computations(hlo_text: str) -> dict[str, list[_Instr]]:
     return out
 
 
-def _fusion_operands(instrs: list[_Instr]) -> tuple[dict[int, float], dict[int, float]]:
+def _fusion_operands(instrs: list[_Instr], comps: dict | None = None,
+                     memo: dict | None = None) -> tuple[dict[int, float], dict[int, float]]:
     """For a fusion's body: ({parameter index: bytes read} for each parameter that is only sliced
-    or gathered from, {parameter index: bytes of the update} for a parameter the body updates in
-    place: its root is a dynamic-update-slice of it)."""
+    or gathered from, directly or inside a nested fusion, {parameter index: bytes of the update}
+    for a parameter the body updates in place: its root is a dynamic-update-slice of it).
+    `comps` (all computations) lets nested fusions be looked into; `memo` caches per computation."""
+    comps, memo = comps or {}, {} if memo is None else memo
     shapes = {i.name: i.shape for i in instrs}
     params = {i.name: int(re.search(r"parameter\((\d+)\)", i.line).group(1)) for i in instrs if i.op == "parameter"}
     uses: dict[str, list[_Instr]] = {}
@@ -128,8 +132,19 @@ def _fusion_operands(instrs: list[_Instr]) -> tuple[dict[int, float], dict[int, 
             uses.setdefault(a, []).append((i, k))
     root = next((i for i in instrs if i.root), None)
 
+    def taken(c: _Instr, k: int) -> float | None:
+        """Bytes consumer `c` takes out of its operand `k` when it reads only part of it."""
+        if c.op in _PARTIAL_READS and k == 0:
+            return _array_bytes(c.shape)
+        called = re.search(r"calls=%([\w.\-]+)", c.line) if c.op == "fusion" else None
+        if called and called.group(1) in comps:
+            if called.group(1) not in memo:
+                memo[called.group(1)] = _fusion_operands(comps[called.group(1)], comps, memo)
+            return memo[called.group(1)][0].get(k)
+        return None
+
     def sliced(consumers):
-        return all(c.op in _PARTIAL_READS and k == 0 for c, k in consumers)
+        return all(taken(c, k) is not None for c, k in consumers)
 
     partial, inplace = {}, {}
     for pname, index in params.items():
@@ -138,7 +153,7 @@ def _fusion_operands(instrs: list[_Instr]) -> tuple[dict[int, float], dict[int, 
             if sliced([(c, k) for c, k in consumers if c is not root]) and len(root.operands) > 1:
                 inplace[index] = _array_bytes(shapes.get(root.operands[1], ""))
         elif consumers and sliced(consumers):
-            partial[index] = sum(_array_bytes(c.shape) for c, _ in consumers)
+            partial[index] = sum(taken(c, k) for c, k in consumers)
     return partial, inplace
 
 
@@ -209,7 +224,7 @@ def _moved(shape, op, names, rest, shapes, comps, prefetch_only, fusions) -> flo
     if op == "fusion":
         called = re.search(r"calls=%([\w.\-]+)", rest)
         if called and called.group(1) not in fusions:
-            fusions[called.group(1)] = _fusion_operands(comps.get(called.group(1), []))
+            fusions[called.group(1)] = _fusion_operands(comps.get(called.group(1), []), comps, fusions)
         partial, inplace = fusions[called.group(1)] if called else ({}, {})
         read = sum(0.0 if i in inplace else min(_hbm(s), partial.get(i, float("inf"))) for i, s in enumerate(operands))
         # An in-place update writes (and reads around) its slot, not the whole buffer.

