@@ -7,7 +7,7 @@ from pathlib import Path
 from jax.sharding import Mesh
 
 from grm_jax.hf import TOKENIZER_FILES, load_hf
-from grm_jax.train.checkpoint import is_model_checkpoint, load_model, tokenizer_dir
+from grm_jax.train.model_checkpoint import is_model_checkpoint, load_model, tokenizer_dir
 
 
 def is_hf_dir(path: str | Path) -> bool:

@@ -30,7 +30,7 @@ if num_processes > 1:
 from grm_jax.config import load_config  # noqa: E402
 from grm_jax.hf import export_hf  # noqa: E402
 from grm_jax.sharding import mesh_from_spec  # noqa: E402
-from grm_jax.train.checkpoint import load_model  # noqa: E402
+from grm_jax.train.model_checkpoint import load_model  # noqa: E402
 from grm_jax.train.grpo import GRPOConfig  # noqa: E402
 from grm_jax.train.grpo_run import run_grpo  # noqa: E402
 from grm_jax.train.sft import SFTConfig, run_sft  # noqa: E402

@@ -106,7 +106,7 @@ def test_grpo_on_grm_items_with_the_eq10_rule(tmp_path, grm_model):
 def test_grpo_resume_is_exact(tmp_path, chat_model):
     import jax
 
-    from grm_jax.train.checkpoint import load_model
+    from grm_jax.train.model_checkpoint import load_model
 
     data = _prompts(tmp_path / "p.jsonl")
     args = ("reward=token_rate", "reward_target=160", "steps=4", "optim.lr=1e-2", "max_new_tokens=8")

@@ -17,7 +17,7 @@ from grm_jax.hf import load_hf
 from grm_jax.models.value_head import init_value_head
 from grm_jax.rewards.parse import REASONS
 from grm_jax.sampling import Samples
-from grm_jax.train.checkpoint import save_model
+from grm_jax.train.model_checkpoint import save_model
 
 
 def _jsonl(path, rows):

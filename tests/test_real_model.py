@@ -189,3 +189,78 @@ def test_export_hf_reloads_in_transformers_with_equal_logits(imported, reference
         assert torch.equal(tensor, want[name]), name
     _, tokens, mask = _chat_batch(transformers.AutoTokenizer.from_pretrained(out))
     np.testing.assert_array_equal(torch_logits(model, tokens, mask), torch_logits(reference[0], tokens, mask))
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sft_lowers_the_loss_and_resumes_on_the_real_model(imported, tmp_path):
+    """`grm-jax sft` on the imported checkpoint: stopped after 2 of 4 steps and rerun, it resumes
+    at step 3 and finishes; the loss on the one repeated batch falls."""
+    from grm_jax.config import load_config
+    from grm_jax.train.sft import SFTConfig, run_sft
+
+    *_, ckpt = imported
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "response": c}) + "\n" for p, c, _ in FACTS)
+                    + json.dumps({"prompt": "Name three primary colors.", "response": "Red, yellow and blue."}) + "\n")
+    args = [f"model={ckpt}", f"data={data}", f"out={tmp_path / 'run'}", "steps=4", "batch_size=4", "max_length=64",
+            "save_every=2", "optim.lr=1e-4", "optim.warmup_steps=1", "optim.schedule=constant"]
+    first, _ = run_sft(load_config(SFTConfig, None, args), progress=False, stop_after=2, log=lambda *_: None)
+    assert first["status"] == "stopped" and first["steps"] == 2
+    assert main(["sft", *args]) == 0
+    losses = [m["loss"] for m in _metrics(tmp_path / "run")]
+    assert [m["step"] for m in _metrics(tmp_path / "run")] == [1, 2, 3, 4]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
+    assert (tmp_path / "run" / "final" / "model_config.json").is_file()
+
+
+def test_grpo_steps_and_resumes_on_the_real_model(imported, tmp_path):
+    """`grm-jax grpo` against the frozen initial policy's endogenous reward: rewards vary within
+    groups (a learning signal), the update moves the policy (KL to the reference > 0 at step 2),
+    and a run stopped after step 1 resumes and finishes."""
+    from grm_jax.config import load_config
+    from grm_jax.train.grpo import GRPOConfig
+    from grm_jax.train.grpo_run import run_grpo
+
+    *_, ckpt = imported
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    args = [f"model={ckpt}", f"data={data}", f"out={tmp_path / 'run'}", "reward=endogenous", "steps=2",
+            "prompts_per_step=2", "group_size=2", "max_new_tokens=12", "max_prompt_length=48", "save_every=1",
+            "optim.lr=1e-5", "optim.schedule=constant"]
+    summary, history = run_grpo(load_config(GRPOConfig, None, args), progress=False, stop_after=1,
+                                log=lambda *_: None)
+    assert summary["status"] == "stopped" and len(history) == 1
+    assert main(["grpo", *args]) == 0
+    metrics = _metrics(tmp_path / "run")
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert np.isfinite(m["loss"]) and np.isfinite(m["reward_mean"]) and m["reward_std"] > 0
+    assert metrics[1]["kl"] > 0
+    assert (tmp_path / "run" / "final" / "model_config.json").is_file()
+
+
+def test_judge_on_the_real_model_counts_whatever_it_writes(imported, tmp_path):
+    """`grm-jax judge` with SmolLM2 as the GRM: every sample is parsed or counted as a failure
+    with its reason, and each item still gets a choice."""
+    from grm_jax.rewards.parse import REASONS
+
+    *_, ckpt = imported
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps({"id": str(i), "prompt": p, "responses": [c, r], "rewards": [1, 0]}) + "\n"
+                            for i, (p, c, r) in enumerate(FACTS[:2])))
+    out = tmp_path / "judged.jsonl"
+    assert main(["judge", "--model", str(ckpt), "--data", str(data), "--out", str(out), "--k", "2",
+                 "--max-new-tokens", "48", "--seed", "1"]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    samples = [s for line in lines for s in line["samples"]]
+    assert len(lines) == 2 and len(samples) == 4 and summary["samples"] == 4
+    failures = [s for s in samples if s["scores"] is None]
+    assert all(s["reason"] in REASONS for s in failures)
+    assert all(len(s["scores"]) == 2 for s in samples if s["scores"] is not None)
+    assert summary["parse_failures"] == len(failures) == sum(summary["parse_failure_reasons"].values())
+    assert all(0 <= line["choice"] < 2 for line in lines)
+    print(f"SmolLM2-135M as a GRM: {len(failures)} of 4 samples unparsed {summary['parse_failure_reasons']}")

@@ -32,7 +32,7 @@ def _cfg(chat_model, data, out, **kw):
 
 
 def _params(path):
-    from grm_jax.train.checkpoint import load_model
+    from grm_jax.train.model_checkpoint import load_model
     return load_model(path)[1]
 
 

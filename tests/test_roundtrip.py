@@ -10,7 +10,7 @@ from conftest import FAMILIES, padded_batch, torch_logits
 
 from grm_jax.cli import main
 from grm_jax.hf import export_hf, load_hf
-from grm_jax.train.checkpoint import load_model, save_model
+from grm_jax.train.model_checkpoint import load_model, save_model
 
 
 def _assert_same_model(ref, out_dir):

@@ -8,7 +8,7 @@ import pytest
 
 from grm_jax.hf import load_hf
 from grm_jax.models.value_head import init_value_head, last_token_values
-from grm_jax.train.checkpoint import load_model, save_model
+from grm_jax.train.model_checkpoint import load_model, save_model
 from grm_jax.train.losses import binary_cross_entropy_loss, bradley_terry_loss
 from grm_jax.train.scalar_rm import init_state, load_value_head, make_train_step
 

@@ -176,7 +176,7 @@ class Demo:
         from grm_jax.demo.data import tokenizer_texts
         from grm_jax.models.decoder import init_params
         from grm_jax.models.families import from_hf_config
-        from grm_jax.train.checkpoint import save_model
+        from grm_jax.train.model_checkpoint import save_model
 
         c = self.cfg
         tokenizer = train_bpe_tokenizer(tokenizer_texts(self.corpus, META_TEMPLATE), c.vocab_size,
@@ -356,7 +356,7 @@ class Demo:
         trained, history = scalar_rm.fit(params, cfg, batches(), loss="bce", steps=c.meta_steps, optimizer=opt,
                                          seed=c.seed, progress=self.progress, desc="meta RM")
         out = self.out / "meta_rm"
-        from grm_jax.train.checkpoint import save_model
+        from grm_jax.train.model_checkpoint import save_model
         save_model(out, trained["decoder"], cfg, tokenizer_files=[p for p in Path(tok_dir).iterdir() if p.is_file()],
                    extra_arrays={"value_head": trained["head"]})
         self.results["meta_rm"] = {"examples": len(examples), "positive_fraction": float(labels.mean()),

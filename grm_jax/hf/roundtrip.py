@@ -18,7 +18,7 @@ import numpy as np
 from grm_jax.hf import export_hf, load_hf
 from grm_jax.hf.tiny import TINY, save_random_hf_model, tiny_hf_config
 from grm_jax.models import Decoder, positions_from_mask
-from grm_jax.train.checkpoint import load_model, save_model
+from grm_jax.train.model_checkpoint import load_model, save_model
 
 
 def _batch(vocab: int, seed: int = 0):

@@ -174,8 +174,8 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
     from grm_jax.sampling import Temperature, bucket, generate
     from grm_jax.sharding import batch_sharding
     from grm_jax.hf import tokenizer_files
-    from grm_jax.train.checkpoint import save_model
-    from grm_jax.train.checkpointing import RunCheckpointer, config_json
+    from grm_jax.train.model_checkpoint import save_model
+    from grm_jax.train.run_checkpoint import RunCheckpointer, config_json
     from grm_jax.train.loop import open_run, run_loop
     from grm_jax.train.optim import make_optimizer
     from grm_jax.train.state import init_train_state

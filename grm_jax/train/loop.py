@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
-from grm_jax.train.checkpointing import RESUMABLE_CHANGES, RunCheckpointer, abstract_like, identity_changes
+from grm_jax.train.run_checkpoint import RESUMABLE_CHANGES, RunCheckpointer, abstract_like, identity_changes
 
 
 class _Preempted:

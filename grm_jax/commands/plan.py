@@ -1,5 +1,5 @@
-"""The scale-out parts of the command line: `grm-jax plan` and the multi-host options that come
-before the command (`grm-jax --distributed grpo ...`)."""
+"""Scale-out: `grm-jax plan` (memory, and with --topology the TPU compiler's figures) and the
+multi-host options that come before the command (`grm-jax --distributed grpo ...`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import argparse
 import json
 import math
 from pathlib import Path
+
+from grm_jax.commands.common import positive_int
 
 DISTRIBUTED_HELP = (
     "join a multi-host run through jax.distributed before the command: start the same command on "
@@ -16,8 +18,6 @@ DISTRIBUTED_HELP = (
 
 
 def add_distributed_options(p: argparse.ArgumentParser) -> None:
-    from grm_jax.cli import positive_int
-
     g = p.add_argument_group("multi-host")
     g.add_argument("--distributed", action="store_true", help=DISTRIBUTED_HELP)
     g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
@@ -42,7 +42,7 @@ def start_distributed(args) -> None:
                          f"multi-host commands: {', '.join(MULTI_HOST_COMMANDS)}")
 
 
-def add_plan_parser(sub) -> None:
+def add_commands(sub) -> None:
     from grm_jax.plan import ACCELERATORS, USABLE
 
     s = sub.add_parser(
@@ -63,8 +63,6 @@ def add_plan_parser(sub) -> None:
                "--accelerator tpu-v5p\n  grm-jax plan --config C.yaml --mesh fsdp=8 model=Qwen/Qwen2.5-7B")
     s.add_argument("--config", required=True, help="a run config (YAML)")
     s.add_argument("--mesh", help="data=..,fsdp=..,tensor=.. (default: the config's mesh, else fsdp=-1)")
-    from grm_jax.cli import positive_int
-
     s.add_argument("--devices", type=positive_int, help="devices in the run (needed when an axis is -1)")
     s.add_argument("--accelerator", choices=sorted(ACCELERATORS), help="check the peak against this chip")
     s.add_argument("--topology", metavar="NAME",
