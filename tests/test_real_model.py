@@ -253,7 +253,7 @@ def test_judge_on_the_real_model_counts_whatever_it_writes(imported, tmp_path):
                             for i, (p, c, r) in enumerate(FACTS[:2])))
     out = tmp_path / "judged.jsonl"
     assert main(["judge", "--model", str(ckpt), "--data", str(data), "--out", str(out), "--k", "2",
-                 "--max-new-tokens", "48", "--seed", "1"]) == 0
+                 "--max-new-tokens", "32", "--batch-size", "4", "--seed", "1"]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     samples = [s for line in lines for s in line["samples"]]
