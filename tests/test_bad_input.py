@@ -130,7 +130,9 @@ def test_bad_flag_values_are_usage_errors(argv, needle, capsys):
     ("sft", "save_every=0", "save_every"), ("sft", "keep=0", "keep"), ("sft", "batch_size=-4", "batch_size"),
     ("sft", "optim.grad_accum=3", "grad_accum"), ("grpo", "inner_iters=0", "inner_iters"),
     ("grpo", "beta=-1", "beta"), ("grpo", "eps=-0.5", "eps"), ("grpo", "keep=0", "keep"),
-    ("grpo", "temperature=inf", "temperature"),
+    ("grpo", "temperature=inf", "temperature"), ("grpo", "grm_format=bogus", "grm_format"),
+    ("grpo", "decode_layout=fsdp", "decode_layout"), ("grpo", "optim.b2=1", "b2"),
+    ("sft", "optim.min_lr_ratio=2", "min_lr_ratio"), ("sft", "optim.clip_norm=0", "clip_norm"),
 ])
 def test_bad_run_config_values_name_the_field(kind, override, needle):
     from grm_jax.config import load_config
@@ -140,6 +142,46 @@ def test_bad_run_config_values_name_the_field(kind, override, needle):
     cls = SFTConfig if kind == "sft" else GRPOConfig
     with pytest.raises(ValueError, match=needle):
         load_config(cls, None, ["model=m", "data=d", "out=o", override])
+
+
+@pytest.mark.parametrize("where,kw,needle", [
+    ("grm_jax.eval.score:ScoreOptions", {"alpha": 0.0}, "alpha must be > 0"),
+    ("grm_jax.eval.judge:JudgeOptions", {"scaling_draws": 0}, "scaling_draws must be >= 1"),
+    ("grm_jax.eval.judge:JudgeOptions", {"vote": "median"}, "vote must be one of sum, mean, majority"),
+    ("grm_jax.demo:DemoConfig", {"teacher_error": 2.0}, r"teacher_error must be in \[0, 1\]"),
+    ("grm_jax.demo:DemoConfig", {"vocab_size": 100}, "vocab_size must be >= 261"),
+    ("grm_jax.demo:DemoConfig", {"k": 6}, "power of two"),
+])
+def test_bad_option_values_name_the_field(where, kw, needle):
+    import importlib
+
+    module, name = where.split(":")
+    with pytest.raises(ValueError, match=needle):
+        getattr(importlib.import_module(module), name)(**kw)
+
+
+def test_every_number_of_every_run_config_has_a_bound():
+    """The one table of bounds (grm_jax.config.BOUNDS) covers every int/float field of every run
+    config, and names no field a config does not have."""
+    import dataclasses
+    import typing
+
+    from grm_jax.config import BOUNDS
+    from grm_jax.demo import DemoConfig
+    from grm_jax.eval.judge import JudgeOptions
+    from grm_jax.eval.score import ScoreOptions
+    from grm_jax.train.grpo import GRPOConfig
+    from grm_jax.train.optim import OptimConfig
+    from grm_jax.train.sft import SFTConfig
+
+    classes = (OptimConfig, SFTConfig, GRPOConfig, ScoreOptions, JudgeOptions, DemoConfig)
+    assert sorted(BOUNDS) == sorted(c.__name__ for c in classes)
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        numbers = {name for name in fields if set(typing.get_args(hints[name]) or (hints[name],)) - {type(None)}
+                   <= {int, float}}
+        assert numbers <= set(BOUNDS[cls.__name__]) <= fields, (cls.__name__, numbers - set(BOUNDS[cls.__name__]))
 
 
 def test_malformed_yaml_and_mesh_specs(tmp_path):

@@ -97,10 +97,11 @@ class DemoConfig:
     endo_samples: int = 8
 
     def __post_init__(self):
-        if self.k < 1 or self.k & (self.k - 1):
+        from grm_jax.config import validate
+
+        validate(self)
+        if self.k & (self.k - 1):
             raise ValueError(f"k must be a power of two, got {self.k}")
-        if min(self.train_items, self.eval_items, self.pretrain_steps, self.batch_size) < 1:
-            raise ValueError("train_items, eval_items, pretrain_steps and batch_size must be >= 1")
 
     @property
     def task(self) -> TaskConfig:

@@ -29,7 +29,7 @@ from grm_jax.data.pipeline import collate
 from grm_jax.eval.preference import rmbench_levels
 from grm_jax.rewards.grm import JUDGE, MULTI, SINGLE, GrmFormat, load_template, render, render_meta
 from grm_jax.rewards.parse import REASONS, parse_scores
-from grm_jax.rewards.voting import VOTES, choose, is_correct, meta_keep, unshuffle, vote
+from grm_jax.rewards.voting import choose, is_correct, meta_keep, unshuffle, vote
 from grm_jax.sampling import Greedy, Temperature, generate
 
 FORMATS = {"multi": MULTI, "single": SINGLE, "judge": JUDGE}
@@ -52,12 +52,9 @@ class JudgeOptions:
     scaling_draws: int = 16           # random k-subsets per item for each k < K of the curve
 
     def __post_init__(self):
-        if self.k < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError("k, batch size and max new tokens must be >= 1")
-        if self.vote not in VOTES:
-            raise ValueError(f"vote must be one of {VOTES}, got {self.vote!r}")
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {tuple(FORMATS)}, got {self.format!r}")
+        from grm_jax.config import validate
+
+        validate(self)
         if self.k > 1 and not self.temperature > 0:
             raise ValueError("k > 1 needs a temperature > 0")
 

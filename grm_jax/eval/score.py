@@ -24,7 +24,7 @@ from grm_jax.data.pipeline import collate
 from grm_jax.data.preference import detect_layout, read_rows, validate
 from grm_jax.eval.preference import pair_accuracy, rmbench_summary
 from grm_jax.models.config import ModelConfig
-from grm_jax.rewards.endogenous import REWARDS, jitted_rewards
+from grm_jax.rewards.endogenous import jitted_rewards
 from grm_jax.sampling import bucket
 from grm_jax.sharding import batch_sharding
 
@@ -44,12 +44,9 @@ class ScoreOptions:
     chunk: int = 512
 
     def __post_init__(self):
-        if self.reward not in REWARDS:
-            raise ValueError(f"--reward must be one of {REWARDS}, got {self.reward!r}")
-        if self.batch_size < 1 or self.max_length < 2 or self.chunk < 1:
-            raise ValueError("batch size, chunk must be >= 1 and max length >= 2")
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        from grm_jax.config import validate
+
+        validate(self)
 
 
 def score_encoded(params, config: ModelConfig, encoded: Sequence[Encoded], *, batch_size: int = 8,

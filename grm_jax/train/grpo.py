@@ -22,12 +22,11 @@ import numpy as np
 from jax.sharding import Mesh
 from omegaconf import MISSING
 
-from grm_jax.config import require_positive
+from grm_jax.config import validate
 from grm_jax.models.config import ModelConfig
 from grm_jax.models.logprobs import token_logprobs
-from grm_jax.sharding import DECODE_LAYOUTS
 from grm_jax.train.optim import OptimConfig
-from grm_jax.train.rl import AGGREGATIONS, KL_ESTIMATORS, clipped_surrogate, kl_estimate
+from grm_jax.train.rl import clipped_surrogate, kl_estimate
 
 REWARD_KINDS = ("grm", "math", "endogenous", "token_rate")
 
@@ -72,17 +71,7 @@ class GRPOConfig:
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-6, b2=0.999))
 
     def __post_init__(self):
-        if self.reward not in REWARD_KINDS:
-            raise ValueError(f"reward must be one of {REWARD_KINDS}, got {self.reward!r}")
-        if self.decode_layout not in DECODE_LAYOUTS:
-            raise ValueError(f"decode_layout must be one of {DECODE_LAYOUTS}, got {self.decode_layout!r}")
-        if self.kl not in KL_ESTIMATORS or self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"kl must be one of {KL_ESTIMATORS} and aggregation one of {AGGREGATIONS}")
-        if self.group_size < 2:
-            raise ValueError("group_size must be >= 2 (advantages are normalized within a group)")
-        require_positive(self, "steps", "prompts_per_step", "max_new_tokens", "max_prompt_length", "temperature",
-                         "inner_iters", "eps", "eps_high", "save_every", "keep", "chunk")
-        require_positive(self, "beta", allow_zero=True)
+        validate(self)
         if self.prompts_per_step * self.group_size % self.optim.grad_accum:
             raise ValueError("prompts_per_step * group_size must split into optim.grad_accum microbatches")
 

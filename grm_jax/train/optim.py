@@ -32,10 +32,9 @@ class OptimConfig:
     fp32_moments: bool = True
 
     def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.lr <= 0 or self.total_steps < 1 or self.warmup_steps < 0 or self.grad_accum < 1:
-            raise ValueError("lr > 0, total_steps >= 1, warmup_steps >= 0 and grad_accum >= 1 are required")
+        from grm_jax.config import validate
+
+        validate(self)
         if self.warmup_steps > self.total_steps:
             raise ValueError(f"warmup_steps {self.warmup_steps} exceeds total_steps {self.total_steps}")
 

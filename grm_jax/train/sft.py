@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from omegaconf import MISSING
 from jax.sharding import Mesh
 
-from grm_jax.config import require_positive
+from grm_jax.config import validate
 from grm_jax.models.config import ModelConfig
 from grm_jax.models.logprobs import token_logprobs
 from grm_jax.train.optim import OptimConfig
@@ -60,7 +60,7 @@ class SFTConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
 
     def __post_init__(self):
-        require_positive(self, "steps", "batch_size", "max_length", "save_every", "keep", "chunk", "data_shards")
+        validate(self)
         if self.batch_size % self.optim.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must split into optim.grad_accum "
                              f"({self.optim.grad_accum}) microbatches")
