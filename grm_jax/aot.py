@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grm_jax import flops as F
+from grm_jax.config import from_dict
 from grm_jax.models import ModelConfig, abstract_params
 from grm_jax.models.config import FULL, SLIDING
 from grm_jax.sharding import _is_names, batch_sharding, follow_params, make_mesh, tree_shardings
@@ -208,28 +209,12 @@ def build_programs(kind: str, raw: dict, cfg: ModelConfig, mesh: Mesh) -> list[P
     raise ValueError(f"unknown run kind {kind!r}")
 
 
-def _run_config(cls, raw: dict):
-    """The run's typed config from its YAML dict; paths it does not need to compile may be unset."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    fields = {f.name for f in dataclasses.fields(cls)}
-    keep = {k: v for k, v in raw.items() if k in fields}
-    for key in ("model", "data", "out"):
-        if key in fields and keep.get(key) in (None, "???"):
-            keep[key] = "unset"
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), keep))
-    except OmegaConfBaseException as e:
-        raise ValueError(f"config: {str(e).splitlines()[0]}") from None
-
-
 def _sft_programs(raw, cfg, mesh, params, n_dev):
     from grm_jax.sampling import bucket
     from grm_jax.train.optim import make_optimizer
     from grm_jax.train.sft import SFTConfig, sft_step_program
 
-    run = _run_config(SFTConfig, raw)
+    run = from_dict(SFTConfig, raw)
     B, T, accum = run.batch_size, bucket(run.max_length), run.optim.grad_accum
     optimizer = make_optimizer(run.optim)
 
@@ -251,7 +236,7 @@ def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
     from grm_jax.train.grpo_run import endogenous_reward_program, reference_program, update_program
     from grm_jax.train.optim import make_optimizer
 
-    run = _run_config(GRPOConfig, raw)
+    run = from_dict(GRPOConfig, raw)
     P, G, accum = run.prompts_per_step, run.group_size, run.optim.grad_accum
     R, T_p, new = P * G, bucket(run.max_prompt_length), run.max_new_tokens
     T = bucket(run.max_prompt_length + new)

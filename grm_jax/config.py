@@ -31,6 +31,25 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         raise ValueError(f"config{where}: {str(e).splitlines()[0]}") from None
 
 
+def from_dict(cls: type[T], raw: dict) -> T:
+    """cls built from a run's YAML dict, keeping only cls's fields (a plan reads configs written for
+    the run itself); paths it does not need (model, data, out) may be unset. Validated by cls."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    keep = {k: v for k, v in raw.items() if k in fields}
+    for key in ("model", "data", "out"):
+        if key in fields and keep.get(key) in (None, "???"):
+            keep[key] = "unset"
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), keep))
+    except OmegaConfBaseException as e:
+        raise ValueError(f"config: {str(e).splitlines()[0]}") from None
+
+
 # Every bounded field of every run config, in one table: config class -> field -> rule. A rule is
 # ">= x" / "> x", an interval "in [a, b]" (round brackets: open ends), "one of MODULE.NAME" (the
 # vocabulary where the code that uses it defines it) or "any" (a number with no bound: a seed).

@@ -141,10 +141,33 @@ class Plan:
         return self.peak() <= USABLE * ACCELERATORS[accelerator]
 
 
+def check_run_config(kind: str, raw: dict) -> None:
+    """ValueError naming the field when the run config's values break their bounds
+    (`grm_jax.config.BOUNDS`): it is built as the typed config its command would build."""
+    from grm_jax.config import from_dict
+
+    if kind in ("sft", "grpo"):
+        from grm_jax.train.grpo import GRPOConfig
+        from grm_jax.train.sft import SFTConfig
+
+        from_dict(SFTConfig if kind == "sft" else GRPOConfig, raw)
+    elif kind == "score":
+        from grm_jax.eval.score import ScoreOptions
+
+        from_dict(ScoreOptions, raw)
+    elif kind == "judge":
+        from grm_jax.eval.judge import JudgeOptions
+
+        from_dict(JudgeOptions, raw)
+        if int(raw.get("max_prompt_length", 1)) < 1:
+            raise ValueError(f"max_prompt_length must be >= 1, got {raw['max_prompt_length']}")
+
+
 def plan_run(kind: str, raw: dict, mesh_shape: dict, model_cfg: ModelConfig | None = None) -> Plan:
     """The memory plan of a run config (`raw`, the YAML as a dict) on a mesh {data, fsdp, tensor}."""
     from grm_jax.train.optim import OptimConfig, make_optimizer
 
+    check_run_config(kind, raw)
     cfg = model_cfg or resolve_model_config(str(raw["model"]))[0]
     dp = mesh_shape["data"] * mesh_shape["fsdp"]
     tensor = mesh_shape["tensor"]

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -197,6 +198,20 @@ def test_malformed_yaml_and_mesh_specs(tmp_path):
         parse_mesh_spec("fsdp=-1,fsdp=1")
     with pytest.raises(ValueError, match=">= 1 or -1"):
         parse_mesh_spec("fsdp=-3")
+
+
+@pytest.mark.parametrize("config,override,needle", [
+    ("endogenous_rmbench_qwen2.5_7b_instruct.yaml", "batch_size=-4", "batch_size must be >= 1, got -4"),
+    ("endogenous_rl_qwen2.5_math_7b.yaml", "beta=-1", "beta must be >= 0"),
+    ("spct_gemma2_27b_rft_sft.yaml", "keep=0", "keep must be >= 1"),
+])
+def test_plan_checks_the_config_as_its_command_would(config, override, needle, capsys):
+    from grm_jax.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["plan", "--config", str(root / "configs" / "paper" / config), override]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
 
 
 # ---- outputs of the wrong kind and leftovers of killed writers (issue 16, item 9) -------------
