@@ -22,8 +22,8 @@ from grm_jax.sampling import bucket
 def _sft_pair(row: dict):
     messages = row.get("messages")
     if messages is not None:
-        if (why := check_prompt(messages)) is not None:
-            raise PromptError(f"field 'messages' {why}")
+        if not isinstance(messages, list) or check_prompt(messages) is not None:
+            raise PromptError("field 'messages' must be a list of {role, content} messages")
         if len(messages) < 2 or messages[-1].get("role") != "assistant":
             raise PromptError("field 'messages' must end with an assistant turn after the prompt")
         return messages[:-1], messages[-1]["content"]

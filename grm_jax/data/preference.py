@@ -35,53 +35,60 @@ class Row:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """All rows of a JSON / JSONL / Parquet file as dicts, in file order."""
+    """All rows of a JSON / JSONL / Parquet file as dicts, in file order.
+
+    JSON and JSONL are parsed by Python's json module, not by `datasets` (Arrow's JSON reader):
+    on some hostile files (found by tests/test_fuzz_cli.py) that reader crashes the process with a
+    segmentation fault, where a bad row must be an error message."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     kind = _SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unknown file type {path.suffix!r}; use .json, .jsonl or .parquet")
+    if kind == "json":
+        return _read_json_rows(path)
     import datasets
 
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train", keep_in_memory=True)
         return [dict(r) for r in ds]
-    except Exception as e:  # noqa: BLE001 - datasets raises many types; fall back to find the row
-        if kind != "json":
-            raise DataError(f"{path}: cannot read as Parquet: {e}") from e
-        return _read_json_rows(path, e)
+    except Exception as e:  # noqa: BLE001 - datasets raises many types
+        raise DataError(f"{path}: cannot read as Parquet: {e}") from e
 
 
 def read_row_subset(path: str | Path, keep) -> list[tuple[int, dict]]:
     """[(row number, row)] of the rows for which `keep(row number)` holds (a process's data
-    shards): the file is parsed (Arrow), but only these rows become Python objects."""
+    shards): a Parquet file is parsed (Arrow), but only these rows become Python objects."""
     path = Path(path)
     kind = _SUFFIXES.get(path.suffix.lower())
-    if kind is None or not path.is_file():
+    if kind != "parquet" or not path.is_file():
         return [(i, r) for i, r in enumerate(read_rows(path), 1) if keep(i)]  # read_rows names the error
     import datasets
 
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train", keep_in_memory=True)
-    except Exception:  # noqa: BLE001 - the plain-JSON fallback reads (and reports) everything
+    except Exception:  # noqa: BLE001 - read_rows reports it
         return [(i, r) for i, r in enumerate(read_rows(path), 1) if keep(i)]
     numbers = [i for i in range(1, len(ds) + 1) if keep(i)]
     return list(zip(numbers, ds.select([i - 1 for i in numbers]).to_list()))
 
 
-def _read_json_rows(path: Path, cause: Exception) -> list[dict]:
-    """Plain-JSON reading, for files `datasets` rejects (mixed types across rows, bad lines):
-    either the rows, or an error naming the first bad line."""
-    text = path.read_text(encoding="utf-8")
+def _read_json_rows(path: Path) -> list[dict]:
+    """A JSON array of objects, or JSONL (an object per line; blank lines skipped): either the
+    rows, or an error naming the first bad line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from cause
+            raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
     else:
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -90,7 +97,7 @@ def _read_json_rows(path: Path, cause: Exception) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: row {len(rows) + 1} (line {n}): invalid JSON: {e.msg}") from cause
+                raise DataError(f"{path}: row {len(rows) + 1} (line {n}): invalid JSON: {e.msg}") from None
     for i, r in enumerate(rows, 1):
         if not isinstance(r, dict):
             raise DataError(f"{path}: row {i}: expected a JSON object, got {type(r).__name__}")
