@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates a virtual environment in the project folder (.venv) and installs grm-jax into it with
-# its test extra (torch==2.13.0 CPU build, pytest, hypothesis). Re-runs only when pyproject.toml
+# its test extra (torch==2.13.0 CPU build, pytest, pytest-xdist, hypothesis). Re-runs only when pyproject.toml
 # changed. Set PYTHON to choose the interpreter (3.11 or newer) and GRM_JAX_EXTRAS to choose the
 # extras: "test" (default), "tpu" (jax[tpu], TPU VMs) or "cuda" (jax[cuda12], GPU nodes).
 set -euo pipefail

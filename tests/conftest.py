@@ -112,18 +112,23 @@ def _pip_download(spec: str, dest: Path, pattern: str) -> Path:
 
 
 def _build_once(final: Path, build) -> Path:
-    """`final`, built by `build(tmp_dir)` into a temporary directory and renamed into place."""
+    """`final`, built by `build(tmp_dir)` into a temporary directory and renamed into place; one
+    builder at a time (pytest-xdist workers share the cache), the others wait and reuse it."""
+    import fcntl
     import shutil
 
-    if (final / ".complete").exists():
-        return final
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    build(tmp)
-    (tmp / ".complete").touch()
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / ".complete").exists():
+            return final
+        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        (tmp / ".complete").touch()
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
     return final
 
 
