@@ -40,7 +40,7 @@ PROMPTS = _row({"prompt": st.one_of(TEXT, MESSAGES), "messages": MESSAGES})
 ITEMS = _row({"prompt": TEXT, "responses": st.lists(TEXT, max_size=4),
               "rewards": st.lists(st.one_of(st.integers(0, 1), st.floats(allow_nan=True)), max_size=4), "id": TEXT})
 SFT = _row({"prompt": st.one_of(TEXT, MESSAGES), "response": TEXT, "messages": MESSAGES})
-# A line that is not a JSON object: a whole-file error (exit 2) naming its row.
+# A line that is not a JSON object: its row's error, like any other bad row.
 NOT_AN_OBJECT = st.sampled_from(["{", "not json", "[1, 2]", '"text"', "null", "{\"a\": }"])
 
 

@@ -20,7 +20,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-from grm_jax.data.preference import DataError, check_prompt, detect_layout, read_row_subset, read_rows, validate
+from grm_jax.data.preference import (BadRow, DataError, check_prompt, detect_layout, read_row_subset, read_rows,
+                                     validate)
 
 ITEM_LAYOUTS = ("grm", "rewardbench", "rmbench", "ppe_correctness", "ppe_preference")
 _RESPONSE_N = re.compile(r"response_(\d+)$")
@@ -55,6 +56,8 @@ def _winner(value) -> int | None:
 
 
 def _grm_row(i: int, r: dict) -> Item | str:
+    if isinstance(r, BadRow):
+        return r.error
     prompt = r.get("prompt") if r.get("prompt") is not None else r.get("messages")
     if prompt is None:
         return "field 'prompt' (or 'messages') is missing"
@@ -76,6 +79,8 @@ def _grm_row(i: int, r: dict) -> Item | str:
 
 
 def _ppe_row(i: int, r: dict, layout: str) -> Item | str:
+    if isinstance(r, BadRow):
+        return r.error
     keys = sorted((int(m.group(1)), k) for k in r if (m := _RESPONSE_N.match(k)))
     prompt = r.get("prompt")
     if prompt is None:

@@ -15,11 +15,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from grm_jax.data.chat import ChatFormatter, Encoded, PromptError
-from grm_jax.data.preference import DataError, check_prompt, read_row_subset, read_rows
+from grm_jax.data.preference import BadRow, DataError, check_prompt, read_row_subset, read_rows
 from grm_jax.sampling import bucket
 
 
 def _sft_pair(row: dict):
+    if isinstance(row, BadRow):
+        raise PromptError(row.error)
     messages = row.get("messages")
     if messages is not None:
         if not isinstance(messages, list) or check_prompt(messages) is not None:

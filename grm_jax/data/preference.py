@@ -76,31 +76,42 @@ def read_row_subset(path: str | Path, keep) -> list[tuple[int, dict]]:
     return list(zip(numbers, ds.select([i - 1 for i in numbers]).to_list()))
 
 
+class BadRow(dict):
+    """A line of a JSON/JSONL file that is not a JSON object (invalid JSON, or another value): an
+    empty row carrying `error`, reported as that row's error line by every reader while the other
+    rows are processed."""
+
+    def __init__(self, error: str):
+        super().__init__()
+        self.error = error
+
+
 def _read_json_rows(path: Path) -> list[dict]:
-    """A JSON array of objects, or JSONL (an object per line; blank lines skipped): either the
-    rows, or an error naming the first bad line."""
+    """A JSON array, or JSONL (a value per line; blank lines skipped), as rows: objects as dicts,
+    anything else as a BadRow saying what it is. A JSON array that does not parse is an error."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    if text.lstrip().startswith("["):
         try:
-            rows = json.loads(text)
+            values = [(None, v) for v in json.loads(text)]
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
     else:
-        rows = []
+        values = []
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                values.append((n, json.loads(line)))
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: row {len(rows) + 1} (line {n}): invalid JSON: {e.msg}") from None
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r, dict):
-            raise DataError(f"{path}: row {i}: expected a JSON object, got {type(r).__name__}")
+                values.append((n, BadRow(f"(line {n}) invalid JSON: {e.msg}")))
+    rows = []
+    for n, v in values:
+        if not isinstance(v, dict):
+            v = BadRow(("" if n is None else f"(line {n}) ") + f"expected a JSON object, got {type(v).__name__}")
+        rows.append(v)
     return rows
 
 
@@ -135,6 +146,9 @@ def validate(rows: list[dict], layout: str, path: str | Path = "<rows>") -> tupl
     group_field = {"rewardbench": "subset", "rmbench": "domain", "plain": None}[layout]
     good, bad = [], {}
     for i, r in enumerate(rows, 1):
+        if isinstance(r, BadRow):
+            bad[i] = f"{path}: row {i}: {r.error}"
+            continue
         problem = None
         if "prompt" not in r or r["prompt"] is None:
             problem = "field 'prompt' is missing"

@@ -15,11 +15,13 @@ from tqdm.auto import tqdm
 
 from grm_jax.atomic import atomic_write_text, check_writable
 from grm_jax.data.chat import ChatFormatter, PromptError
-from grm_jax.data.preference import DataError, check_prompt, read_rows
+from grm_jax.data.preference import BadRow, DataError, check_prompt, read_rows
 from grm_jax.sampling import Greedy, Strategy, generate
 
 
 def _prompt_of(row: dict):
+    if isinstance(row, BadRow):
+        return None, row.error
     for field in ("prompt", "messages"):
         if field in row and row[field] is not None:
             why = check_prompt(row[field])

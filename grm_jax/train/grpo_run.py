@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grm_jax.data.chat import ChatFormatter, PromptError
-from grm_jax.data.preference import DataError, check_prompt, read_row_subset
+from grm_jax.data.preference import BadRow, DataError, check_prompt, read_row_subset
 from grm_jax.models.logprobs import token_logprobs
 from grm_jax.train.grpo import GRPOConfig, build_batch, grpo_loss_fn, grpo_normalizer
 from grm_jax.train.rl import group_advantages
@@ -59,6 +59,7 @@ def load_prompts(cfg: GRPOConfig, formatter: ChatFormatter, log=print, select=No
         for i, row in read_row_subset(cfg.data, select):
             prompt = row.get("prompt") if row.get("prompt") is not None else row.get("messages")
             why = "field 'prompt' (or 'messages') is missing" if prompt is None else check_prompt(prompt)
+            why = row.error if isinstance(row, BadRow) else why
             if why is None and cfg.reward == "math" and row.get("answer") is None:
                 why = "field 'answer' is missing (the math reward needs it)"
             if why is not None:
