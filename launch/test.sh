@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 cores="$(.venv/bin/python -c 'import os; print(max(1, min(len(os.sched_getaffinity(0)), 4)))')"
-exec .venv/bin/python -m pytest -q -n "$cores" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q -n "$cores" --dist loadfile --durations=15 "$@"

@@ -182,3 +182,14 @@ def llama_cpp_models():
 def smollm2_gguf(hf: Path) -> Path:
     """The GGUF file the `smollm2` directory was converted from."""
     return next((hf.parent / "gguf").rglob("*.gguf"))
+
+
+# The slowest modules first (minutes each on 2 cores), so that pytest-xdist's workers, which take
+# whole modules in collection order, do not end on one long module while the other idles.
+SLOW_FIRST = ("test_aot.py", "test_real_model.py", "test_multihost.py", "test_demo.py", "test_fuzz_cli.py",
+              "test_real_templates.py", "test_grpo.py", "test_resume.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
