@@ -131,12 +131,12 @@ def test_layouts_and_bad_rows(tmp_path):
     good, bad = validate(rows, "rmbench", "rm.jsonl")
     assert len(good) == 1 and bad == {2: "rm.jsonl: row 2: field 'chosen' must be a list of 3 strings"}
     # A line that is not a JSON object is its row's error; the other rows stay.
-    (tmp_path / "broken.jsonl").write_text('{"prompt": "p", "response": "r"}\n\n{"prompt": \n[1]\n')
+    (tmp_path / "broken.jsonl").write_text('[1, 2]\n{"prompt": "p", "response": "r"}\n\n{"prompt": \n')
     rows = read_rows(tmp_path / "broken.jsonl")
     good, bad = validate(rows, "plain", "broken.jsonl")
-    assert [r.index for r in good] == [1]
-    assert bad == {2: "broken.jsonl: row 2: (line 3) invalid JSON: Expecting value",
-                   3: "broken.jsonl: row 3: (line 4) expected a JSON object, got list"}
+    assert [r.index for r in good] == [2]
+    assert bad == {1: "broken.jsonl: row 1: (line 1) expected a JSON object, got list",
+                   3: "broken.jsonl: row 3: (line 4) invalid JSON: Expecting value"}
     (tmp_path / "broken.json").write_text('[{"prompt": "p", "response": "r"}, ')
     with pytest.raises(DataError, match=r"broken.json: invalid JSON at line 1"):
         read_rows(tmp_path / "broken.json")

@@ -87,13 +87,14 @@ class BadRow(dict):
 
 
 def _read_json_rows(path: Path) -> list[dict]:
-    """A JSON array, or JSONL (a value per line; blank lines skipped), as rows: objects as dicts,
-    anything else as a BadRow saying what it is. A JSON array that does not parse is an error."""
+    """A JSON array (a .json file starting with '['), or JSONL (a value per line; blank lines
+    skipped), as rows: objects as dicts, anything else as a BadRow saying what it is. A JSON
+    array that does not parse is an error."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    if text.lstrip().startswith("["):
+    if path.suffix.lower() != ".jsonl" and text.lstrip().startswith("["):
         try:
             values = [(None, v) for v in json.loads(text)]
         except json.JSONDecodeError as e:
