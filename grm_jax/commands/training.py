@@ -7,14 +7,20 @@ import json
 from grm_jax.commands.common import MESH_HELP, mesh, nonnegative_float, positive_int
 
 
-def _sft(args) -> int:
+def _train(config_cls, run, config_file, overrides) -> int:
+    """Loads a run config (defaults, YAML, key=value), runs it, prints its summary; the exit
+    status is 0 when done or stopped (SIGTERM), 3 otherwise."""
     from grm_jax.config import load_config
-    from grm_jax.train.sft import SFTConfig, run_sft
 
-    cfg = load_config(SFTConfig, args.config, args.overrides)
-    summary, _ = run_sft(cfg)
+    summary, _ = run(load_config(config_cls, config_file, overrides))
     print(json.dumps(summary, indent=2))
     return 0 if summary["status"] in ("done", "stopped") else 3
+
+
+def _sft(args) -> int:
+    from grm_jax.train.sft import SFTConfig, run_sft
+
+    return _train(SFTConfig, run_sft, args.config, args.overrides)
 
 
 def _rft(args) -> int:
@@ -28,25 +34,18 @@ def _rft(args) -> int:
                      mesh=mesh(args.mesh), overwrite=args.overwrite)
     print(json.dumps(counts, indent=2))
     if args.sft_out:
-        from grm_jax.config import load_config
         from grm_jax.train.sft import SFTConfig, run_sft
 
-        cfg = load_config(SFTConfig, args.sft_config, [f"model={args.model}", f"data={args.out}",
-                                                       f"out={args.sft_out}", *args.sft])
-        summary, _ = run_sft(cfg)
-        print(json.dumps(summary, indent=2))
+        return _train(SFTConfig, run_sft, args.sft_config,
+                      [f"model={args.model}", f"data={args.out}", f"out={args.sft_out}", *args.sft])
     return 0
 
 
 def _grpo(args) -> int:
-    from grm_jax.config import load_config
     from grm_jax.train.grpo import GRPOConfig
     from grm_jax.train.grpo_run import run_grpo
 
-    cfg = load_config(GRPOConfig, args.config, args.overrides)
-    summary, _ = run_grpo(cfg)
-    print(json.dumps(summary, indent=2))
-    return 0 if summary["status"] in ("done", "stopped") else 3
+    return _train(GRPOConfig, run_grpo, args.config, args.overrides)
 
 
 def add_commands(sub) -> None:
