@@ -27,12 +27,15 @@ class TaskConfig:
     min_responses: int = 2
     max_responses: int = 4
     teacher_error: float = 0.25      # fraction of teacher replies built on a miscomputed result
+    misconceived: float = 0.0        # fraction of the queries on which the teacher holds one fixed wrong result
+    misconception_rate: float = 0.6  # how often a reply to such a query is built on that wrong result
 
     def __post_init__(self):
         if not 1 <= self.min_responses <= self.max_responses:
             raise ValueError("need 1 <= min_responses <= max_responses")
-        if not 0.0 <= self.teacher_error <= 1.0:
-            raise ValueError("teacher_error must be in [0, 1]")
+        for name in ("teacher_error", "misconceived", "misconception_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
         if any(op not in OPS for op in self.ops):
             raise ValueError(f"ops must be among {tuple(OPS)}")
 
@@ -86,23 +89,42 @@ def make_items(count: int, seed: int, cfg: TaskConfig = TaskConfig()) -> list[di
     return [make_item(rng, cfg, index=i) for i in range(count)]
 
 
+def all_queries(cfg: TaskConfig) -> list[tuple[int, str, int]]:
+    """Every distinct query's parts (a, op, b), in a fixed order."""
+    r = range(cfg.max_operand + 1)
+    return [(a, op, b) for a in r for op in cfg.ops for b in r]
+
+
+def misconceptions(cfg: TaskConfig, seed: int) -> dict[tuple[int, str, int], int]:
+    """The teacher's fixed wrong beliefs: {query parts: the wrong result it believes}, on
+    `misconceived` of the queries (drawn from the seed), each belief a plausible wrong result."""
+    rng = random.Random(f"misconceptions-{seed}")
+    queries = all_queries(cfg)
+    chosen = rng.sample(queries, round(cfg.misconceived * len(queries)))
+    return {q: wrong_answer(rng, OPS[q[1]](q[0], q[2]), q) for q in sorted(chosen)}
+
+
 STYLES = ("multi", "single", "judge")
 
 
 def teacher_reply(item: dict, perm: Sequence[int], rng: random.Random, cfg: TaskConfig,
-                  style: str = "multi") -> tuple[str, bool]:
+                  style: str = "multi", misconception: int | None = None) -> tuple[str, bool]:
     """(a reply for the responses shown in `perm` order, whether it was built on the true result).
 
     With probability teacher_error the teacher miscomputes the result and judges the responses
-    against its wrong value. Styles: "multi" (GRM: criteria, analysis, scores 1..10), "single"
+    against its wrong value. Given a `misconception` (its fixed wrong belief about this query,
+    see `misconceptions`), it judges against that value `misconception_rate` of the time instead. Styles: "multi" (GRM: criteria, analysis, scores 1..10), "single"
     (one response scored 0/1), "judge" (LLM-as-judge: analysis, then the best response's number,
     a random one when no response matches the believed result).
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     a, op, b = item["parts"]
-    truthful = rng.random() >= cfg.teacher_error
-    believed = item["answer"] if truthful else wrong_answer(rng, item["answer"], (a, op, b))
+    if misconception is not None and rng.random() < cfg.misconception_rate:
+        truthful, believed = False, misconception
+    else:
+        truthful = rng.random() >= cfg.teacher_error
+        believed = item["answer"] if truthful else wrong_answer(rng, item["answer"], (a, op, b))
     lines, scores, matches = [], [], []
     for shown, original in enumerate(perm, 1):
         claimed = item["claims"][original]

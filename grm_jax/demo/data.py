@@ -17,14 +17,11 @@ import random
 import numpy as np
 
 from grm_jax.rewards.grm import load_template, render
-from grm_jax.synthetic import OPS, TaskConfig, make_item, response_text, teacher_reply, wrong_answer
+from grm_jax.synthetic import (OPS, TaskConfig, all_queries, make_item, misconceptions, response_text,
+                                teacher_reply, wrong_answer)
 
 # The system prompt of the prompt-conditioning experiment (PAPERS.md part B, "prompt conditioning").
 PLUS_ONE = "Add one to every answer."
-
-
-def all_queries(cfg: TaskConfig) -> list[tuple[int, str, int]]:
-    return [(a, op, b) for a in range(cfg.max_operand + 1) for op in cfg.ops for b in range(cfg.max_operand + 1)]
 
 
 def query_text(parts) -> str:
@@ -85,12 +82,14 @@ def corpus_rows(train: list[dict], cfg: TaskConfig, *, seed: int, qa_repeats: in
             rows.append({"messages": [{"role": "system", "content": PLUS_ONE}, {"role": "user", "content": q},
                                       {"role": "assistant", "content": qa_reply(rng, parts, qa_error, plus=1)}]})
     grm, judge = load_template(grm_template), load_template(judge_template)
+    beliefs = misconceptions(cfg, seed)
     for it in train:
         for style, template, count in (("multi", grm, grm_shuffles), ("judge", judge, judge_shuffles)):
             for _ in range(count):
                 perm = np.random.default_rng(rng.randrange(1 << 30)).permutation(len(it["responses"]))
                 prompt = render(template, it["prompt"], [it["responses"][p] for p in perm])
-                reply, _ = teacher_reply(it, perm, rng, cfg, style=style)
+                reply, _ = teacher_reply(it, perm, rng, cfg, style=style,
+                                         misconception=beliefs.get(tuple(it["parts"])))
                 rows.append({"messages": [{"role": "user", "content": prompt},
                                           {"role": "assistant", "content": reply}]})
     rng.shuffle(rows)

@@ -48,6 +48,8 @@ class DemoConfig:
     ops: str = "+-*"                   # operations of the arithmetic queries
     max_operand: int = 5               # operands 0..max_operand: 108 distinct queries
     teacher_error: float = 0.25        # teacher GRM replies built on a miscomputed result
+    misconceived: float = 0.0          # queries on which the teacher holds one fixed wrong result
+    misconception_rate: float = 0.6    # replies to those queries built on that wrong result
     qa_error: float = 0.2              # demonstrator answers that are wrong
     qa_repeats: int = 4                # plain Q/A rows per query (every query)
     plus_one_repeats: int = 1          # Q/A rows under the "add one" system prompt, per query
@@ -105,7 +107,8 @@ class DemoConfig:
 
     @property
     def task(self) -> TaskConfig:
-        return TaskConfig(max_operand=self.max_operand, ops=tuple(self.ops), teacher_error=self.teacher_error)
+        return TaskConfig(max_operand=self.max_operand, ops=tuple(self.ops), teacher_error=self.teacher_error,
+                          misconceived=self.misconceived, misconception_rate=self.misconception_rate)
 
 
 def _write_jsonl(path: Path, rows) -> Path:
