@@ -129,7 +129,9 @@ def teacher_reply(item: dict, perm: Sequence[int], rng: random.Random, cfg: Task
     for shown, original in enumerate(perm, 1):
         claimed = item["claims"][original]
         ok = claimed == believed
-        lines.append(f"Response {shown} says {claimed}, {'right' if ok else 'wrong'}.")
+        # Each response's claim restated as an equation, then the verdict on it: a fact about
+        # the equation, which a language model learns, rather than a comparison of two numbers.
+        lines.append(f"Response {shown}: {a} {op} {b} = {claimed}, {'right' if ok else 'wrong'}.")
         matches.append(ok)
         if style == "single":
             scores.append(1 if ok else 0)
