@@ -14,7 +14,7 @@ from grm_jax.cli import main
 from grm_jax.config import load_config
 from grm_jax.demo import DemoConfig, run_demo
 from grm_jax.demo.data import corpus_rows, split_items
-from grm_jax.demo.report import mean_table
+from grm_jax.demo.report import claims, mean_table
 from grm_jax.synthetic import TaskConfig
 
 FAST = Path(__file__).resolve().parents[1] / "configs" / "demo" / "fast.yaml"
@@ -22,11 +22,20 @@ STAGES = ["data", "tokenizer and model", "pretrain", "rft", "grpo", "meta_rm", "
           "endogenous", "export", "report"]
 
 
-def test_fast_demo_runs_end_to_end_and_writes_the_report(tmp_path):
-    out = tmp_path / "run"
+def _run_fast(out: Path) -> dict:
     cfg = load_config(DemoConfig, FAST, [f"out={out}"])
-    results = run_demo(cfg, progress=False, log=lambda *a: None)
-    assert list(results["stages"]) == STAGES
+    return run_demo(cfg, progress=False, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return out, _run_fast(out)
+
+
+def test_fast_demo_runs_end_to_end_and_writes_the_report(fast_run):
+    out, results = fast_run
+    assert list(results["timings"]["stages"]) == STAGES
     written = json.loads((out / "results.json").read_text())
     assert written["greedy"].keys() == {"pretrained", "rft", "grpo", "llm_as_judge"}
     assert [r["k"] for r in written["voting"]] == [1, 2, 4] == [r["k"] for r in written["meta_voting"]]
@@ -35,18 +44,53 @@ def test_fast_demo_runs_end_to_end_and_writes_the_report(tmp_path):
     assert written["export"]["max_abs_logits_diff"] < 1e-4 and written["export"]["tokenizer_round_trip"]
     e = written["endogenous"]
     assert 0 < e["chance"] < 1 and set(e["task_accuracy"]) == {"before", "after"}
+    g = written["grpo_runs"]["grpo"]
+    assert g["steps_per_quarter"] == 1 and g["rise"] == pytest.approx(g["last_quarter"] - g["first_quarter"])
     table = (out / "results.md").read_text()
     for needle in ("GRM pretrained (greedy)", "Voting@4", "MetaRM@4", "Scalar Bradley-Terry RM",
-                   "LLM-as-judge", "Endogenous reward", "max |logits diff|"):
+                   "LLM-as-judge", "Endogenous reward", "max |logits diff|", "| Claim | holds |",
+                   "| RFT > pretrained (greedy) |", "| Stage | seconds |", "| pretrain |", "| total |"):
         assert needle in table
     for name in ("scaling.png", "training.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert (out / "hf_export" / "config.json").is_file()
     means = mean_table([written, written])
     pre = written["greedy"]["pretrained"]["accuracy"]
-    assert f"| GRM pretrained (greedy) | {100 * pre:.1f} | {100 * pre:.1f} | {100 * pre:.1f} |" in means
+    assert f"| GRM pretrained (greedy) | {100 * pre:.1f} | 0.0 | {100 * pre:.1f} | {100 * pre:.1f} |" in means
+    holds = claims(written)["RFT > pretrained (greedy)"]
+    assert f"| RFT > pretrained (greedy) | {'yes' if holds else 'no'} |" in means
     with pytest.raises(FileExistsError, match="--overwrite"):
-        run_demo(cfg, progress=False, log=lambda *a: None)
+        run_demo(load_config(DemoConfig, FAST, [f"out={out}"]), progress=False, log=lambda *a: None)
+
+
+def test_same_seed_same_results(fast_run, tmp_path):
+    """Two runs of one seed on one machine: the same results.json, the timings aside."""
+    first, _ = fast_run
+    _run_fast(tmp_path / "again")
+    a, b = (json.loads((d / "results.json").read_text()) for d in (first, tmp_path / "again"))
+    assert a.pop("timings") and b.pop("timings")
+    assert a == b
+    kept = [(d / "rft" / "kept.jsonl").read_text() for d in (first, tmp_path / "again")]
+    assert kept[0] == kept[1]
+
+
+def test_claims_are_checked_against_the_figures():
+    r = {"greedy": {"pretrained": {"accuracy": 0.5}, "rft": {"accuracy": 0.6}, "grpo": {"accuracy": 0.55}},
+         "grpo_runs": {"grpo": {"rise": 0.1, "rise_se": 0.04}},
+         "voting": [{"k": 1, "accuracy": 0.5}, {"k": 2, "accuracy": 0.6}, {"k": 8, "accuracy": 0.6},
+                    {"k": 16, "accuracy": 0.7}],
+         "meta_voting": [{"k": 1, "accuracy": 0.5}, {"k": 2, "accuracy": 0.5}, {"k": 8, "accuracy": 0.6},
+                         {"k": 16, "accuracy": 0.69}]}
+    c = claims(r)
+    assert c["RFT > pretrained (greedy)"] and not c["GRPO > RFT (greedy)"]
+    assert c["GRPO reward rises: last quarter - first quarter > 2 standard errors"]
+    assert c["Voting@k rises with k (each k >= k/2, Voting@16 > Voting@1)"]
+    assert not c["MetaRM@k >= Voting@k for k >= 8"]
+    r["grpo_runs"]["grpo"]["rise_se"] = 0.06
+    r["voting"][2]["accuracy"] = 0.55
+    c = claims(r)
+    assert not c["GRPO reward rises: last quarter - first quarter > 2 standard errors"]
+    assert not c["Voting@k rises with k (each k >= k/2, Voting@16 > Voting@1)"]
 
 
 def test_demo_data_is_deterministic_and_held_out():

@@ -12,13 +12,15 @@ deterministically from the seed:
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from pathlib import Path
 
 import numpy as np
 
 from grm_jax.rewards.grm import load_template, render
 from grm_jax.synthetic import (OPS, TaskConfig, all_queries, make_item, misconceptions, response_text,
-                                teacher_reply, wrong_answer)
+                               teacher_reply, wrong_answer)
 
 # The system prompt of the prompt-conditioning experiment (PAPERS.md part B, "prompt conditioning").
 PLUS_ONE = "Add one to every answer."
@@ -101,3 +103,51 @@ def tokenizer_texts(rows: list[dict], meta_template: str) -> list[str]:
     texts = [m["content"] for r in rows for m in r["messages"]]
     texts.append(load_template(meta_template).render(grm_prompt="", judgment=""))
     return texts
+
+
+@dataclasses.dataclass
+class DemoData:
+    """The data stage's output: the items and the files the later stages read."""
+
+    train: list[dict]
+    held: list[dict]
+    corpus: list[dict]
+    eval_queries: list[tuple]      # held-out queries of the endogenous-reward experiments
+    train_path: Path               # GRM-items JSONL files
+    eval_path: Path
+    rft_path: Path
+    meta_path: Path
+    corpus_path: Path              # chat rows
+    qa_train_path: Path            # prompt/answer rows the endogenous GRPO trains on
+
+
+def build(run) -> DemoData:
+    """Stage `data`: draws the items and the corpus from the seed and writes them to OUT/data."""
+    from grm_jax.demo.common import write_jsonl
+    from grm_jax.demo.config import GRM_TEMPLATE, JUDGE_TEMPLATE
+
+    c = run.cfg
+    d = run.out / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    train, held = split_items(c.train_items, c.eval_items, c.seed, c.task)
+    corpus = corpus_rows(train, c.task, seed=c.seed, qa_repeats=c.qa_repeats, qa_error=c.qa_error,
+                         plus_one_repeats=c.plus_one_repeats, grm_shuffles=c.grm_shuffles,
+                         judge_shuffles=c.judge_shuffles, grm_template=GRM_TEMPLATE, judge_template=JUDGE_TEMPLATE)
+    # Endogenous-reward experiments: a random half of the queries is evaluated, the other half
+    # trained on.
+    queries = all_queries(c.task)
+    random.Random(c.seed + 2).shuffle(queries)
+    eval_queries, train_queries = sorted(queries[:len(queries) // 2]), queries[len(queries) // 2:]
+    data = DemoData(
+        train=train, held=held, corpus=corpus, eval_queries=eval_queries,
+        train_path=write_jsonl(d / "train_items.jsonl", [grm_item_row(it) for it in train]),
+        eval_path=write_jsonl(d / "eval_items.jsonl", [grm_item_row(it) for it in held]),
+        rft_path=write_jsonl(d / "rft_items.jsonl", [grm_item_row(it) for it in train[:c.rft_items]]),
+        meta_path=write_jsonl(d / "meta_items.jsonl", [grm_item_row(it) for it in train[-c.meta_items:]]),
+        corpus_path=write_jsonl(d / "corpus.jsonl", corpus),
+        qa_train_path=write_jsonl(d / "qa_train.jsonl", [{"prompt": query_text(q), "answer": str(answer_of(q))}
+                                                         for q in train_queries]))
+    run.results["data"] = {"train_items": len(train), "eval_items": len(held), "corpus_rows": len(corpus),
+                           "eval_queries": len(eval_queries), "endogenous_train_queries": len(train_queries)}
+    run.log(f"   {len(train)} train items, {len(held)} held-out items, {len(corpus)} corpus rows")
+    return data

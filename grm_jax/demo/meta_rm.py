@@ -1,0 +1,71 @@
+"""Stage `meta_rm`: the meta RM (PAPERS.md A, "Meta RM guided voting"): a decoder with a value
+head, trained by BCE on whether a GRM sample is correct by Eq. 10, on the non-hinted RFT samples
+and `meta_samples` samples per item of the trained GRM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from grm_jax.demo.config import META_TEMPLATE
+
+
+def train_meta_rm(run, data, grm: Path, rft_judged: dict):
+    """Trains the meta RM on the non-hinted RFT samples and meta_samples per item of the trained
+    GRM; returns a MetaRM."""
+    from grm_jax.data.chat import ChatFormatter, Encoded
+    from grm_jax.eval.judge import MetaRM
+    from grm_jax.loading import load_with_tokenizer
+    from grm_jax.rewards.grm import load_template, render_meta
+    from grm_jax.train import scalar_rm
+    from grm_jax.train.optim import OptimConfig, make_optimizer
+
+    c = run.cfg
+    fresh = run.judge(grm, data.meta_path, run.judge_opts(c.meta_samples))
+    template = load_template(META_TEMPLATE)
+    cfg, params, tok_dir, tokenizer = load_with_tokenizer(grm, progress=False)
+    formatter = ChatFormatter(tokenizer)
+    examples, labels = [], []
+    for judged, n in ((rft_judged, c.n_rft), (fresh, c.meta_samples)):
+        for r in judged["results"]:
+            for j, s in enumerate(r["samples"][:n]):  # the hinted sample (index n) is left out
+                if "correct" not in s:
+                    continue
+                text = render_meta(template, r["prompts"][j], s["text"])
+                examples.append(Encoded(formatter.prompt_ids(text), 0))
+                labels.append(int(bool(s["correct"])))
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(c.seed)
+    # Class-balanced batches (our choice; the paper gives no sampling detail): half correct,
+    # half incorrect samples, so the head cannot settle on the majority label.
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    half = c.batch_size // 2
+    balanced = bool(len(pos) and len(neg))
+    if not balanced:
+        run.log(f"   meta RM: warning: {len(pos)} correct and {len(neg)} incorrect samples; "
+                "training on one class, so it cannot tell them apart")
+
+    def batches():
+        from grm_jax.data.pipeline import collate
+        while True:
+            idx = np.concatenate([rng.choice(pos, half, replace=len(pos) < half),
+                                  rng.choice(neg, half, replace=len(neg) < half)]) if balanced else \
+                rng.choice(len(labels), c.batch_size, replace=len(labels) < c.batch_size)
+            b = collate([examples[i] for i in idx])
+            yield {"tokens": b["tokens"], "positions": b["positions"], "labels": labels[idx].astype(np.float32)}
+
+    opt = make_optimizer(OptimConfig(lr=c.meta_lr, total_steps=c.meta_steps, warmup_steps=min(10, c.meta_steps // 2), b2=0.99))
+    trained, history = scalar_rm.fit(params, cfg, batches(), loss="bce", steps=c.meta_steps, optimizer=opt,
+                                     seed=c.seed, progress=run.progress, desc="meta RM")
+    out = run.out / "meta_rm"
+    from grm_jax.train.model_checkpoint import save_model
+    save_model(out, trained["decoder"], cfg, tokenizer_files=[p for p in Path(tok_dir).iterdir() if p.is_file()],
+               extra_arrays={"value_head": trained["head"]})
+    run.results["meta_rm"] = {"examples": len(examples), "positive_fraction": float(labels.mean()),
+                              "balanced_batches": balanced,
+                              "train_accuracy_last10": float(np.mean([h["accuracy"] for h in history[-10:]]))}
+    run.histories["meta_rm"] = history
+    run.log(f"   meta RM: {len(examples)} trajectories ({100 * labels.mean():.0f}% correct), "
+            f"train accuracy (last 10 steps) {100 * run.results['meta_rm']['train_accuracy_last10']:.0f}%")
+    return MetaRM(trained["decoder"], trained["head"], cfg, formatter, template)
