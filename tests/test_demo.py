@@ -70,8 +70,8 @@ def test_same_seed_same_results(fast_run, tmp_path):
     a, b = (json.loads((d / "results.json").read_text()) for d in (first, tmp_path / "again"))
     assert a.pop("timings") and b.pop("timings")
     assert a == b
-    kept = [(d / "rft" / "kept.jsonl").read_text() for d in (first, tmp_path / "again")]
-    assert kept[0] == kept[1]
+    for name in ("data/corpus.jsonl", "data/eval_items.jsonl", "tokenizer/tokenizer.json"):
+        assert (first / name).read_text() == (tmp_path / "again" / name).read_text(), name
 
 
 def test_claims_are_checked_against_the_figures():
@@ -105,6 +105,11 @@ def test_demo_data_is_deterministic_and_held_out():
     assert rows == corpus_rows(train, task, **kw)
     assert len(rows) == 2 * 108 + 2 * len(train)
     assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
+
+
+def test_default_yaml_is_the_dataclass_default():
+    """`grm-jax demo` with no --config runs DemoConfig(); configs/demo/default.yaml documents it."""
+    assert load_config(DemoConfig, FAST.parent / "default.yaml", []) == DemoConfig()
 
 
 def test_demo_cli_help_and_bad_config(tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 from grm_jax.rewards.grm import JUDGE, MULTI, SINGLE
 from grm_jax.rewards.parse import parse_scores
 from grm_jax.rewards.voting import is_correct, unshuffle
-from grm_jax.synthetic import OPS, TaskConfig, make_item, make_items, teacher_reply
+from grm_jax.synthetic import OPS, TaskConfig, all_queries, make_item, make_items, misconceptions, teacher_reply
 
 
 def test_items_are_checkable_and_have_a_unique_right_response():
@@ -73,3 +73,26 @@ def test_judge_format_teacher_names_the_response_its_result_matches():
         assert truthful and it["rewards"][perm[best - 1]] == 1
     with pytest.raises(ValueError, match="style"):
         teacher_reply(it, perm, rng, cfg, style="pairwise")
+
+
+def test_misconceptions_are_fixed_wrong_beliefs_used_at_their_rate():
+    cfg = TaskConfig(max_operand=5, misconceived=0.5, misconception_rate=0.6)
+    beliefs = misconceptions(cfg, seed=4)
+    assert beliefs == misconceptions(cfg, seed=4) and beliefs != misconceptions(cfg, seed=5)
+    assert len(beliefs) == round(0.5 * len(all_queries(cfg)))
+    assert all(wrong != OPS[op](a, b) for (a, op, b), wrong in beliefs.items())
+    assert misconceptions(TaskConfig(max_operand=5), seed=4) == {}
+    rng = random.Random(0)
+    used = []
+    for k, it in enumerate(make_items(600, seed=9, cfg=cfg)):
+        wrong = beliefs.get(tuple(it["parts"]))
+        if wrong is None:
+            continue
+        perm = np.random.default_rng(k).permutation(len(it["responses"]))
+        text, truthful = teacher_reply(it, perm, rng, cfg, misconception=wrong)
+        a, op, b = it["parts"]
+        used.append(f"Analysis: {a} {op} {b} = {wrong}." in text)
+        assert not (truthful and used[-1])
+    assert abs(np.mean(used) - 0.6) < 0.08
+    with pytest.raises(ValueError, match="misconceived"):
+        TaskConfig(misconceived=1.5)

@@ -25,7 +25,7 @@ class DemoConfig:
     ops: str = "+-*"                   # operations of the arithmetic queries
     max_operand: int = 5               # operands 0..max_operand: 108 distinct queries
     teacher_error: float = 0.25        # teacher GRM replies built on a miscomputed result
-    misconceived: float = 0.0          # queries on which the teacher holds one fixed wrong result
+    misconceived: float = 0.5          # queries on which the teacher holds one fixed wrong result
     misconception_rate: float = 0.6    # replies to those queries built on that wrong result
     qa_error: float = 0.2              # demonstrator answers that are wrong
     qa_repeats: int = 4                # plain Q/A rows per query (every query)
@@ -66,7 +66,7 @@ class DemoConfig:
     # evaluation
     k: int = 32
     temperature: float = 0.5
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     judge_batch: int = 256
     # endogenous reward
     endo_steps: int = 30
