@@ -81,8 +81,8 @@ class DemoRun:
         self.log(f"   {name}: final loss {summary['last']['loss']:.3f}")
         return Path(summary["final"])
 
-    def grpo(self, name: str, model: Path, data: Path, *, reward: str, steps: int, prompts: int, lr: float,
-             beta: float, max_new_tokens: int) -> Path:
+    def grpo(self, name: str, model: Path, data: Path, *, reward: str, steps: int, prompts: int, group_size: int,
+             lr: float, beta: float, max_new_tokens: int) -> Path:
         """GRPO of `model` on `data`'s prompts into OUT/name; records the reward's rise from the
         first to the last quarter of the steps; returns the final model's folder."""
         from grm_jax.train.grpo import GRPOConfig
@@ -92,7 +92,7 @@ class DemoRun:
         c = self.cfg
         cfg = GRPOConfig(model=str(model), data=str(data), out=str(self.out / name), reward=reward,
                          grm_format="multi", grm_template=GRM_TEMPLATE, steps=steps, prompts_per_step=prompts,
-                         group_size=c.group_size, max_new_tokens=max_new_tokens, max_prompt_length=256,
+                         group_size=group_size, max_new_tokens=max_new_tokens, max_prompt_length=256,
                          temperature=1.0, unroll_layers=True, beta=beta, seed=c.seed, save_every=steps, keep=1,
                          optim=OptimConfig(lr=lr, total_steps=steps, schedule="constant", b2=0.99))
         summary, history = run_grpo(cfg, progress=self.progress, log=self.log)

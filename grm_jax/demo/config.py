@@ -52,7 +52,7 @@ class DemoConfig:
     # rule-based GRPO
     grpo_steps: int = 40
     grpo_prompts: int = 16
-    group_size: int = 4
+    group_size: int = 8
     grpo_lr: float = 1.5e-4
     grpo_beta: float = 0.08
     # meta RM (trajectories: the non-hinted RFT samples + meta_samples per item from the GRPO model)
@@ -71,6 +71,7 @@ class DemoConfig:
     # endogenous reward
     endo_steps: int = 30
     endo_prompts: int = 16
+    endo_group_size: int = 4
     endo_lr: float = 1e-4
     endo_beta: float = 0.01
     endo_samples: int = 8

@@ -52,8 +52,8 @@ def run_endogenous(run, data, pretrained: Path) -> None:
     # 3. GRPO of the policy against its own frozen endogenous reward
     before = task_accuracy(run, data, pretrained)
     final = run.grpo("endogenous_grpo", pretrained, data.qa_train_path, reward="endogenous",
-                     steps=c.endo_steps, prompts=c.endo_prompts, lr=c.endo_lr, beta=c.endo_beta,
-                      max_new_tokens=16)
+                     steps=c.endo_steps, prompts=c.endo_prompts, group_size=c.endo_group_size, lr=c.endo_lr,
+                     beta=c.endo_beta, max_new_tokens=16)
     after = task_accuracy(run, data, final)
     run.results["endogenous"]["task_accuracy"] = {"before": before, "after": after}
     run.log(f"   task accuracy on held-out queries (T=1 samples / greedy): "

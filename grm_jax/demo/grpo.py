@@ -10,4 +10,4 @@ def run_grpo(run, data, rft_model: Path) -> Path:
     """Returns the GRPO model's folder (the final GRM)."""
     c = run.cfg
     return run.grpo("grpo", rft_model, data.train_path, reward="grm", steps=c.grpo_steps, prompts=c.grpo_prompts,
-                    lr=c.grpo_lr, beta=c.grpo_beta, max_new_tokens=c.max_new_tokens)
+                    group_size=c.group_size, lr=c.grpo_lr, beta=c.grpo_beta, max_new_tokens=c.max_new_tokens)
