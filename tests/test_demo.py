@@ -95,10 +95,15 @@ def test_claims_are_checked_against_the_figures():
 
 def test_demo_data_is_deterministic_and_held_out():
     task = TaskConfig(max_operand=5)
-    train, held = split_items(300, 40, seed=3, cfg=task)
-    assert (train, held) == split_items(300, 40, seed=3, cfg=task)
-    seen = {(it["prompt"], tuple(sorted(it["claims"]))) for it in train}
-    assert not any((it["prompt"], tuple(sorted(it["claims"]))) in seen for it in held)
+    train, held, val = split_items(300, 40, seed=3, cfg=task, n_val=50)
+    assert (train, held, val) == split_items(300, 40, seed=3, cfg=task, n_val=50)
+    assert (train, held, []) == split_items(300, 40, seed=3, cfg=task)  # val_items changes no other split
+    assert len(val) == 50
+    keys = [{(it["prompt"], tuple(sorted(it["claims"]))) for it in split} for split in (train, held, val)]
+    assert not keys[0] & keys[1] and not keys[0] & keys[2] and not keys[1] & keys[2]
+    assert len(keys[1]) == 40 and len(keys[2]) == 50
+    with pytest.raises(ValueError, match="too few distinct items"):
+        split_items(300, 40, seed=3, cfg=TaskConfig(max_operand=1, ops=("+",)), n_val=50)
     kw = dict(seed=3, qa_repeats=1, qa_error=0.2, plus_one_repeats=1, grm_shuffles=1, judge_shuffles=1,
               grm_template="grm_compact", judge_template="judge_compact")
     rows = corpus_rows(train, task, **kw)

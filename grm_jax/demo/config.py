@@ -21,7 +21,8 @@ class DemoConfig:
     seed: int = 0
     # task and corpus
     train_items: int = 1500
-    eval_items: int = 150
+    eval_items: int = 500
+    val_items: int = 0                 # validation items: greedy accuracy per GRM stage, for searches
     ops: str = "+-*"                   # operations of the arithmetic queries
     max_operand: int = 5               # operands 0..max_operand: 108 distinct queries
     teacher_error: float = 0.25        # teacher GRM replies built on a miscomputed result
@@ -58,13 +59,14 @@ class DemoConfig:
     # meta RM (trajectories: the non-hinted RFT samples + meta_samples per item from the GRPO model)
     meta_items: int = 300
     meta_samples: int = 3
-    meta_steps: int = 120
-    meta_lr: float = 1e-3
+    meta_steps: int = 300
+    meta_lr: float = 3e-4
+    meta_init: str = "pretrained"      # the meta RM's decoder starts from: pretrained (the LM) | grm
     # scalar Bradley-Terry RM baseline
     scalar_steps: int = 150
     scalar_lr: float = 1e-3
     # evaluation
-    k: int = 32
+    k: int = 16
     temperature: float = 0.5
     max_new_tokens: int = 64
     judge_batch: int = 256
@@ -80,6 +82,8 @@ class DemoConfig:
         from grm_jax.config import validate
 
         validate(self)
+        if self.meta_init not in ("pretrained", "grm"):
+            raise ValueError(f"meta_init must be 'pretrained' or 'grm', got {self.meta_init!r}")
         if self.k & (self.k - 1):
             raise ValueError(f"k must be a power of two, got {self.k}")
 

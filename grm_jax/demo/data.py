@@ -5,6 +5,9 @@ deterministically from the seed:
 - train items: the pretraining corpus's teacher trajectories, RFT, GRPO and the baselines;
 - held-out items: never shown to any model as an item (same query and response set), used only
   for evaluation;
+- validation items (`val_items`, 0 by default): likewise fresh, neither train nor held-out; each
+  GRM's greedy accuracy on them is reported beside the held-out one, for choosing settings
+  without looking at the held-out items (configs/demo/EXPERIMENTS.md);
 - the corpus: plain question/answer rows from an imperfect demonstrator (wrong `qa_error` of the
   time), the same questions under a system prompt asking for the result plus one, and teacher
   GRM and LLM-as-judge trajectories for the train items.
@@ -40,20 +43,32 @@ def _key(item: dict) -> tuple:
     return item["prompt"], tuple(sorted(item["claims"]))
 
 
-def split_items(n_train: int, n_eval: int, seed: int, cfg: TaskConfig) -> tuple[list[dict], list[dict]]:
-    """(train items, held-out items); a held-out item never equals a train item (same query
-    and same set of responses)."""
+def split_items(n_train: int, n_eval: int, seed: int, cfg: TaskConfig,
+                n_val: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train items, held-out items, validation items); a held-out or validation item never
+    equals another item of any split (same query and same set of responses). The validation items
+    are drawn after the held-out ones, so `n_val` changes neither the train nor the held-out items."""
     rng = random.Random(seed)
     train = [make_item(rng, cfg, index=i) for i in range(n_train)]
     seen = {_key(it) for it in train}
-    held, i = [], 0
-    while len(held) < n_eval:
-        it = make_item(rng, cfg, index=n_train + i)
-        i += 1
-        if _key(it) not in seen:
-            seen.add(_key(it))
-            held.append(it)
-    return train, held
+    i = 0
+
+    def fresh(n: int) -> list[dict]:
+        nonlocal i
+        out = []
+        while len(out) < n:
+            if i > 100 * (n_train + n_eval + n_val) + 10_000:
+                raise ValueError(f"the task has too few distinct items for {n_eval} held-out and {n_val} "
+                                 "validation items beside the train items; lower eval_items / val_items")
+            it = make_item(rng, cfg, index=n_train + i)
+            i += 1
+            if _key(it) not in seen:
+                seen.add(_key(it))
+                out.append(it)
+        return out
+
+    held = fresh(n_eval)
+    return train, held, fresh(n_val)
 
 
 def grm_item_row(item: dict) -> dict:
@@ -111,6 +126,7 @@ class DemoData:
 
     train: list[dict]
     held: list[dict]
+    val: list[dict]                # validation items ([] unless val_items > 0)
     corpus: list[dict]
     eval_queries: list[tuple]      # held-out queries of the endogenous-reward experiments
     train_path: Path               # GRM-items JSONL files
@@ -119,6 +135,7 @@ class DemoData:
     meta_path: Path
     corpus_path: Path              # chat rows
     qa_train_path: Path            # prompt/answer rows the endogenous GRPO trains on
+    val_path: Path | None = None   # GRM-items JSONL of the validation items (None when there are none)
 
 
 def build(run) -> DemoData:
@@ -129,7 +146,7 @@ def build(run) -> DemoData:
     c = run.cfg
     d = run.out / "data"
     d.mkdir(parents=True, exist_ok=True)
-    train, held = split_items(c.train_items, c.eval_items, c.seed, c.task)
+    train, held, val = split_items(c.train_items, c.eval_items, c.seed, c.task, n_val=c.val_items)
     corpus = corpus_rows(train, c.task, seed=c.seed, qa_repeats=c.qa_repeats, qa_error=c.qa_error,
                          plus_one_repeats=c.plus_one_repeats, grm_shuffles=c.grm_shuffles,
                          judge_shuffles=c.judge_shuffles, grm_template=GRM_TEMPLATE, judge_template=JUDGE_TEMPLATE)
@@ -139,15 +156,18 @@ def build(run) -> DemoData:
     random.Random(c.seed + 2).shuffle(queries)
     eval_queries, train_queries = sorted(queries[:len(queries) // 2]), queries[len(queries) // 2:]
     data = DemoData(
-        train=train, held=held, corpus=corpus, eval_queries=eval_queries,
+        train=train, held=held, val=val, corpus=corpus, eval_queries=eval_queries,
         train_path=write_jsonl(d / "train_items.jsonl", [grm_item_row(it) for it in train]),
         eval_path=write_jsonl(d / "eval_items.jsonl", [grm_item_row(it) for it in held]),
         rft_path=write_jsonl(d / "rft_items.jsonl", [grm_item_row(it) for it in train[:c.rft_items]]),
         meta_path=write_jsonl(d / "meta_items.jsonl", [grm_item_row(it) for it in train[-c.meta_items:]]),
         corpus_path=write_jsonl(d / "corpus.jsonl", corpus),
         qa_train_path=write_jsonl(d / "qa_train.jsonl", [{"prompt": query_text(q), "answer": str(answer_of(q))}
-                                                         for q in train_queries]))
-    run.results["data"] = {"train_items": len(train), "eval_items": len(held), "corpus_rows": len(corpus),
+                                                         for q in train_queries]),
+        val_path=write_jsonl(d / "val_items.jsonl", [grm_item_row(it) for it in val]) if val else None)
+    run.results["data"] = {"train_items": len(train), "eval_items": len(held), "val_items": len(val),
+                           "corpus_rows": len(corpus),
                            "eval_queries": len(eval_queries), "endogenous_train_queries": len(train_queries)}
-    run.log(f"   {len(train)} train items, {len(held)} held-out items, {len(corpus)} corpus rows")
+    run.log(f"   {len(train)} train items, {len(held)} held-out items, {len(val)} validation items, "
+            f"{len(corpus)} corpus rows")
     return data

@@ -19,7 +19,8 @@ def _per_n(judged: dict) -> dict:
 
 
 def greedy(run, data, name: str, model: Path, fmt: str = "multi") -> dict:
-    """Greedy judging of the held-out items by `model`; the accuracy lands in results["greedy"][name]."""
+    """Greedy judging of the held-out items by `model`; the accuracy lands in results["greedy"][name]
+    (and, with validation items, in results["validation"][name])."""
     from grm_jax.eval.judge import summarize
 
     judged = run.judge(model, data.eval_path, run.judge_opts(1, fmt=fmt))
@@ -29,6 +30,12 @@ def greedy(run, data, name: str, model: Path, fmt: str = "multi") -> dict:
     run.results.setdefault("greedy", {})[name] = row
     run.log(f"   {name}: greedy accuracy {100 * row['accuracy']:.1f}%  "
             f"parse failures {100 * row['parse_failure_rate']:.1f}%")
+    if data.val_path is not None and fmt == "multi":  # the validation items, for searches (val_items)
+        v = summarize(run.judge(model, data.val_path, run.judge_opts(1, fmt=fmt)), "grm", {})
+        run.results.setdefault("validation", {})[name] = {"accuracy": v.get("accuracy_at_1"),
+                                                          "parse_failure_rate": v["parse_failure_rate"]}
+        run.log(f"   {name}: greedy accuracy on the {len(data.val)} validation items "
+                f"{100 * v['accuracy_at_1']:.1f}%")
     return judged
 
 

@@ -1,6 +1,8 @@
 """Stage `meta_rm`: the meta RM (PAPERS.md A, "Meta RM guided voting"): a decoder with a value
 head, trained by BCE on whether a GRM sample is correct by Eq. 10, on the non-hinted RFT samples
-and `meta_samples` samples per item of the trained GRM."""
+and `meta_samples` samples per item of the trained GRM. The decoder starts from the pretrained LM
+(`meta_init: pretrained`, the default) or from the trained GRM (`meta_init: grm`); the paper says
+only "a value head on an LM" (configs/demo/EXPERIMENTS.md, rows M, for why the pretrained LM)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ import numpy as np
 from grm_jax.demo.config import META_TEMPLATE
 
 
-def train_meta_rm(run, data, grm: Path, rft_judged: dict):
+def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     """Trains the meta RM on the non-hinted RFT samples and meta_samples per item of the trained
-    GRM; returns a MetaRM."""
+    GRM, its decoder initialized from `pretrained` or `grm` (meta_init); returns a MetaRM."""
     from grm_jax.data.chat import ChatFormatter, Encoded
     from grm_jax.eval.judge import MetaRM
     from grm_jax.loading import load_with_tokenizer
@@ -24,7 +26,8 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict):
     c = run.cfg
     fresh = run.judge(grm, data.meta_path, run.judge_opts(c.meta_samples))
     template = load_template(META_TEMPLATE)
-    cfg, params, tok_dir, tokenizer = load_with_tokenizer(grm, progress=False)
+    cfg, params, tok_dir, tokenizer = load_with_tokenizer(pretrained if c.meta_init == "pretrained" else grm,
+                                                          progress=False)
     formatter = ChatFormatter(tokenizer)
     examples, labels = [], []
     for judged, n in ((rft_judged, c.n_rft), (fresh, c.meta_samples)):
@@ -62,7 +65,7 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict):
     from grm_jax.train.model_checkpoint import save_model
     save_model(out, trained["decoder"], cfg, tokenizer_files=[p for p in Path(tok_dir).iterdir() if p.is_file()],
                extra_arrays={"value_head": trained["head"]})
-    run.results["meta_rm"] = {"examples": len(examples), "positive_fraction": float(labels.mean()),
+    run.results["meta_rm"] = {"init": c.meta_init, "examples": len(examples), "positive_fraction": float(labels.mean()),
                               "balanced_batches": balanced,
                               "train_accuracy_last10": float(np.mean([h["accuracy"] for h in history[-10:]]))}
     run.histories["meta_rm"] = history

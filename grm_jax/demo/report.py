@@ -35,6 +35,10 @@ def table(results: dict) -> str:
             rows.append((f"GRM + RFT + GRPO, Voting@{k}", vote[k]))
             rows.append((f"GRM + RFT + GRPO, MetaRM@{k}", meta.get(k)))
     lines += [f"| {name} | {_pct(v)} |" for name, v in dict.fromkeys(rows)]
+    val = results.get("validation")
+    if val:  # for choosing settings (val_items); no claim reads these
+        lines += ["", "| GRM, greedy, on the validation items (not held-out; for searches) | Acc |", "|---|---:|"]
+        lines += [f"| {name} | {_pct(v.get('accuracy'))} |" for name, v in val.items()]
     if vote:
         ks = sorted(vote)
         lines += ["", "| k | " + " | ".join(map(str, ks)) + " |", "|---|" + "---:|" * len(ks),
@@ -191,6 +195,8 @@ def _rows(r: dict) -> dict:
            "GRM pretrained (greedy)": g.get("pretrained", {}).get("accuracy"),
            "GRM + RFT (greedy)": g.get("rft", {}).get("accuracy"),
            "GRM + RFT + GRPO (greedy)": g.get("grpo", {}).get("accuracy")}
+    for name, v in r.get("validation", {}).items():
+        out[f"Validation items: GRM {name} (greedy)"] = v.get("accuracy")
     for k in sorted(vote):
         out[f"Voting@{k}"] = vote[k]
     for k in sorted(meta):

@@ -8,7 +8,8 @@ on held-out items):
   pretrain    next-token loss on the corpus replies                           (pretrain.py)
   rft         N_RFT samples per item + one hinted sample, rejection by Eq. 10, SFT on the kept ones
   grpo        GRPO with the Eq. 10 rule reward (+1 / -1) and a k3 KL penalty to the RFT model
-  meta_rm     a value head + decoder trained by BCE on whether a GRM sample is correct
+  meta_rm     a value head + decoder (from the pretrained LM) trained by BCE on whether a GRM
+              sample is correct
   eval        greedy per stage; Voting@k and MetaRM@k for k = 1..K from the same K samples
   baselines   a scalar Bradley-Terry RM on the train items' pairs; the LLM-as-judge format
   endogenous  the pretrained LM's own endogenous reward: accuracy against chance, a system prompt
@@ -65,7 +66,7 @@ def run_demo(cfg: DemoConfig, *, overwrite: bool = False, progress: bool = True,
         grm = grpo.run_grpo(run, data, rft_model)
         evaluation.greedy(run, data, "grpo", grm)
     with run.stage("meta_rm"):
-        meta = meta_rm.train_meta_rm(run, data, grm, rft_judged)
+        meta = meta_rm.train_meta_rm(run, data, grm, rft_judged, pretrained)
     with run.stage("eval"):
         evaluation.scaling(run, data, grm, meta)
     with run.stage("baselines"):
