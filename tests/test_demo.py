@@ -38,6 +38,8 @@ def test_fast_demo_runs_end_to_end_and_writes_the_report(fast_run):
     assert list(results["timings"]["stages"]) == STAGES
     written = json.loads((out / "results.json").read_text())
     assert written["greedy"].keys() == {"pretrained", "rft", "grpo", "llm_as_judge"}
+    assert written["validation"].keys() == {"pretrained", "rft", "grpo"}  # fast.yaml: val_items 8
+    assert all(0.0 <= v["accuracy"] <= 1.0 for v in written["validation"].values())
     assert [r["k"] for r in written["voting"]] == [1, 2, 4] == [r["k"] for r in written["meta_voting"]]
     for row in [*written["voting"], *written["meta_voting"], *written["greedy"].values()]:
         assert 0.0 <= row["accuracy"] <= 1.0
@@ -49,7 +51,7 @@ def test_fast_demo_runs_end_to_end_and_writes_the_report(fast_run):
     table = (out / "results.md").read_text()
     for needle in ("GRM pretrained (greedy)", "Voting@4", "MetaRM@4", "Scalar Bradley-Terry RM",
                    "LLM-as-judge", "Endogenous reward", "max |logits diff|", "| Claim | holds |",
-                   "| RFT > pretrained (greedy) |", "| Stage | seconds |", "| pretrain |", "| total |"):
+                   "| RFT > pretrained (greedy) |", "| Stage | seconds |", "on the validation items", "| pretrain |", "| total |"):
         assert needle in table
     for name in ("scaling.png", "training.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
