@@ -80,7 +80,8 @@ BOUNDS: dict[str, dict[str, str]] = {
         "vote": "one of grm_jax.rewards.voting.VOTES", "format": "one of grm_jax.eval.judge.FORMATS",
         "k_meta": ">= 1", "scaling_draws": ">= 1", "seed": "any"},
     "DemoConfig": {
-        "train_items": ">= 1", "eval_items": ">= 1", "val_items": ">= 0", "max_operand": ">= 1", "teacher_error": "in [0, 1]",
+        "train_items": ">= 1", "eval_items": ">= 1", "val_items": ">= 0", "max_operand": ">= 1",
+        "teacher_error": "in [0, 1]", "meta_init": "one of grm_jax.demo.config.META_INITS",
         "misconceived": "in [0, 1]", "misconception_rate": "in [0, 1]",
         "qa_error": "in [0, 1]", "qa_repeats": ">= 1", "plus_one_repeats": ">= 0", "grm_shuffles": ">= 1",
         "judge_shuffles": ">= 0", "vocab_size": ">= 261", "hidden_size": ">= 1", "num_layers": ">= 1",

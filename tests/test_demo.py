@@ -51,7 +51,8 @@ def test_fast_demo_runs_end_to_end_and_writes_the_report(fast_run):
     table = (out / "results.md").read_text()
     for needle in ("GRM pretrained (greedy)", "Voting@4", "MetaRM@4", "Scalar Bradley-Terry RM",
                    "LLM-as-judge", "Endogenous reward", "max |logits diff|", "| Claim | holds |",
-                   "| RFT > pretrained (greedy) |", "| Stage | seconds |", "on the validation items", "| pretrain |", "| total |"):
+                   "| RFT > pretrained (greedy) |", "| Stage | seconds |", "on the validation items",
+                   "| pretrain |", "| total |"):
         assert needle in table
     for name in ("scaling.png", "training.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -11,6 +11,8 @@ from grm_jax.synthetic import TaskConfig
 GRM_TEMPLATE = "grm_compact"
 JUDGE_TEMPLATE = "judge_compact"
 META_TEMPLATE = "meta_rm"
+# Where the meta RM's decoder starts: the pretrained LM or the trained GRM (`meta_init`).
+META_INITS = ("pretrained", "grm")
 
 
 @dataclasses.dataclass
@@ -82,8 +84,6 @@ class DemoConfig:
         from grm_jax.config import validate
 
         validate(self)
-        if self.meta_init not in ("pretrained", "grm"):
-            raise ValueError(f"meta_init must be 'pretrained' or 'grm', got {self.meta_init!r}")
         if self.k & (self.k - 1):
             raise ValueError(f"k must be a power of two, got {self.k}")
 

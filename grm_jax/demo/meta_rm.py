@@ -65,7 +65,8 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     from grm_jax.train.model_checkpoint import save_model
     save_model(out, trained["decoder"], cfg, tokenizer_files=[p for p in Path(tok_dir).iterdir() if p.is_file()],
                extra_arrays={"value_head": trained["head"]})
-    run.results["meta_rm"] = {"init": c.meta_init, "examples": len(examples), "positive_fraction": float(labels.mean()),
+    run.results["meta_rm"] = {"init": c.meta_init, "examples": len(examples),
+                              "positive_fraction": float(labels.mean()),
                               "balanced_batches": balanced,
                               "train_accuracy_last10": float(np.mean([h["accuracy"] for h in history[-10:]]))}
     run.histories["meta_rm"] = history
