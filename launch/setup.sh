@@ -10,9 +10,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras="${GRM_JAX_EXTRAS:-test}"
 stamp=".venv/.grm-jax-installed-${extras//,/-}"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# launch/constraints.txt pins every library to the versions the README's figures were measured with.
+pins=(-c launch/constraints.txt)
+if [ "${GRM_JAX_UNPINNED:-0}" = 1 ]; then pins=(); fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ launch/constraints.txt -nt "$stamp" ]; then
   echo "installing grm-jax and its ${extras} dependencies into .venv ..." >&2
   .venv/bin/python -m pip install -q --upgrade pip 2> >(grep -v "^WARNING: Location" >&2)
-  .venv/bin/python -m pip install -q -e ".[${extras}]" 2> >(grep -v "^WARNING: Location" >&2)
+  .venv/bin/python -m pip install -q "${pins[@]}" -e ".[${extras}]" 2> >(grep -v "^WARNING: Location" >&2)
   touch "$stamp"
 fi
