@@ -147,13 +147,17 @@ class Samples(NamedTuple):
         return self.tokens[row, :n - 1] if self.stopped[row] else self.tokens[row, :n]
 
 
-def bucket(n: int, minimum: int = 16, step: int = 128) -> int:
-    """n rounded up: powers of two from `minimum` up to `step`, then multiples of `step`."""
-    if n <= step:
+def bucket(n: int, minimum: int = 16, linear_from: int = 128, per_doubling: int = 4) -> int:
+    """n rounded up: powers of two from `minimum` up to `linear_from`, then `per_doubling` evenly
+    spaced buckets per doubling (128 < n <= 256 rounds to a multiple of 32, up to 512 of 64, ...),
+    so padding stays under 1/per_doubling of the length while the number of buckets (compiled
+    programs) grows with log n."""
+    if n <= linear_from:
         b = minimum
         while b < n:
             b *= 2
         return b
+    step = max(1, (1 << (n - 1).bit_length()) // 2 // per_doubling)
     return -(-n // step) * step
 
 

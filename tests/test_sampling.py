@@ -174,8 +174,10 @@ def test_sharded_generation_equals_single_device(gemma2, hf_models, shape, layou
 
 
 def test_buckets_and_strategy_args():
-    assert [bucket(n) for n in (1, 16, 17, 100, 300, 512, 513, 1100)] == [16, 16, 32, 128, 384, 512, 640, 1152]
-    assert bucket(1100, step=512) == 1536
+    assert [bucket(n) for n in (1, 16, 17, 100, 128, 129, 134, 160, 161, 256, 257, 300, 512, 513, 1100)] == \
+        [16, 16, 32, 128, 128, 160, 160, 160, 192, 256, 320, 320, 512, 640, 1280]
+    assert [bucket(n, per_doubling=1) for n in (129, 300, 1100)] == [256, 512, 2048]
+    assert all(n <= bucket(n) < n * 1.25 + 1 for n in range(129, 5000))
     assert strategy_from_args() == Greedy()
     assert strategy_from_args(0.7, top_p=0.9) == TopP(0.9, 0.7)
     with pytest.raises(ValueError, match="temperature"):

@@ -64,6 +64,7 @@ class DemoConfig:
     meta_steps: int = 300
     meta_lr: float = 3e-4
     meta_init: str = "pretrained"      # the meta RM's decoder starts from: pretrained (the LM) | grm
+    meta_mixed_only: bool = False      # train only on items whose samples disagree (right and wrong ones)
     # scalar Bradley-Terry RM baseline
     scalar_steps: int = 150
     scalar_lr: float = 1e-3

@@ -1,6 +1,7 @@
 """Stage `meta_rm`: the meta RM (PAPERS.md A, "Meta RM guided voting"): a decoder with a value
 head, trained by BCE on whether a GRM sample is correct by Eq. 10, on the non-hinted RFT samples
-and `meta_samples` samples per item of the trained GRM. The decoder starts from the pretrained LM
+and `meta_samples` samples per item of the trained GRM (with `meta_mixed_only`, only the items whose
+samples disagree: our choice, named in configs/demo/EXPERIMENTS.md). The decoder starts from the pretrained LM
 (`meta_init: pretrained`, the default) or from the trained GRM (`meta_init: grm`); the paper says
 only "a value head on an LM" (configs/demo/EXPERIMENTS.md, rows M, for why the pretrained LM)."""
 
@@ -30,14 +31,20 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
                                                           progress=False)
     formatter = ChatFormatter(tokenizer)
     examples, labels = [], []
+    skipped = 0
     for judged, n in ((rft_judged, c.n_rft), (fresh, c.meta_samples)):
         for r in judged["results"]:
-            for j, s in enumerate(r["samples"][:n]):  # the hinted sample (index n) is left out
-                if "correct" not in s:
-                    continue
+            rows = [(j, s) for j, s in enumerate(r["samples"][:n]) if "correct" in s]  # hinted (index n) left out
+            if c.meta_mixed_only and len({bool(s["correct"]) for _, s in rows}) < 2:
+                skipped += len(rows)  # all right or all wrong: nothing to tell apart within the item
+                continue
+            for j, s in rows:
                 text = render_meta(template, r["prompts"][j], s["text"])
                 examples.append(Encoded(formatter.prompt_ids(text), 0))
                 labels.append(int(bool(s["correct"])))
+    if not examples:
+        raise RuntimeError(f"meta RM: no trajectories to train on ({skipped} left out by meta_mixed_only); "
+                           "raise meta_items or meta_samples")
     labels = np.asarray(labels)
     rng = np.random.default_rng(c.seed)
     # Class-balanced batches (our choice; the paper gives no sampling detail): half correct,
@@ -65,7 +72,7 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     from grm_jax.train.model_checkpoint import save_model
     save_model(out, trained["decoder"], cfg, tokenizer_files=[p for p in Path(tok_dir).iterdir() if p.is_file()],
                extra_arrays={"value_head": trained["head"]})
-    run.results["meta_rm"] = {"init": c.meta_init, "examples": len(examples),
+    run.results["meta_rm"] = {"init": c.meta_init, "examples": len(examples), "skipped_unanimous": skipped,
                               "positive_fraction": float(labels.mean()),
                               "balanced_batches": balanced,
                               "train_accuracy_last10": float(np.mean([h["accuracy"] for h in history[-10:]]))}
