@@ -127,3 +127,20 @@ def test_demo_cli_help_and_bad_config(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "x"), "k=3"]) == 2
     assert "power of two" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path / "x"), "no_such_field=1"]) == 2
+
+
+def test_meta_trajectories_leave_out_hinted_unparsed_and_with_mixed_only_unanimous_items():
+    from grm_jax.demo.meta_rm import meta_trajectories
+
+    def item(labels, hinted=None):  # one judged item: its samples' labels (None = unparsed), then the hinted one
+        samples = [{"text": f"t{j}"} | ({} if c is None else {"correct": c}) for j, c in enumerate(labels)]
+        samples.append({"text": "hinted", "correct": True} if hinted is None else hinted)
+        return {"prompts": [f"p{j}" for j in range(len(samples))], "samples": samples}
+
+    judged = {"results": [item([True, False, None]), item([False, False, False]), item([True, None, True])]}
+    rows, skipped = meta_trajectories([(judged, 3)], mixed_only=False)
+    assert rows == [("p0", "t0", 1), ("p1", "t1", 0), ("p0", "t0", 0), ("p1", "t1", 0), ("p2", "t2", 0),
+                    ("p0", "t0", 1), ("p2", "t2", 1)] and skipped == 0
+    rows, skipped = meta_trajectories([(judged, 3)], mixed_only=True)
+    assert rows == [("p0", "t0", 1), ("p1", "t1", 0)] and skipped == 5
+    assert meta_trajectories([(judged, 1)], mixed_only=True) == ([], 3)  # one sample an item never disagrees

@@ -14,6 +14,21 @@ import numpy as np
 from grm_jax.demo.config import META_TEMPLATE
 
 
+def meta_trajectories(judged_sets, mixed_only: bool) -> tuple[list[tuple[str, str, int]], int]:
+    """(prompt, GRM reply, 1 if correct else 0) of the first n samples of every item in each
+    (judged, n) pair (the hinted sample, index n, left out; unparsed samples have no label and are
+    left out), and how many labelled samples `mixed_only` left out (items whose samples all agree)."""
+    out, skipped = [], 0
+    for judged, n in judged_sets:
+        for r in judged["results"]:
+            rows = [(j, s) for j, s in enumerate(r["samples"][:n]) if "correct" in s]
+            if mixed_only and len({bool(s["correct"]) for _, s in rows}) < 2:
+                skipped += len(rows)  # all right or all wrong: nothing to tell apart within the item
+                continue
+            out += [(r["prompts"][j], s["text"], int(bool(s["correct"]))) for j, s in rows]
+    return out, skipped
+
+
 def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     """Trains the meta RM on the non-hinted RFT samples and meta_samples per item of the trained
     GRM, its decoder initialized from `pretrained` or `grm` (meta_init); returns a MetaRM."""
@@ -30,18 +45,9 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     cfg, params, tok_dir, tokenizer = load_with_tokenizer(pretrained if c.meta_init == "pretrained" else grm,
                                                           progress=False)
     formatter = ChatFormatter(tokenizer)
-    examples, labels = [], []
-    skipped = 0
-    for judged, n in ((rft_judged, c.n_rft), (fresh, c.meta_samples)):
-        for r in judged["results"]:
-            rows = [(j, s) for j, s in enumerate(r["samples"][:n]) if "correct" in s]  # hinted (index n) left out
-            if c.meta_mixed_only and len({bool(s["correct"]) for _, s in rows}) < 2:
-                skipped += len(rows)  # all right or all wrong: nothing to tell apart within the item
-                continue
-            for j, s in rows:
-                text = render_meta(template, r["prompts"][j], s["text"])
-                examples.append(Encoded(formatter.prompt_ids(text), 0))
-                labels.append(int(bool(s["correct"])))
+    trajectories, skipped = meta_trajectories(((rft_judged, c.n_rft), (fresh, c.meta_samples)), c.meta_mixed_only)
+    examples = [Encoded(formatter.prompt_ids(render_meta(template, prompt, text)), 0) for prompt, text, _ in trajectories]
+    labels = [label for _, _, label in trajectories]
     if not examples:
         raise RuntimeError(f"meta RM: no trajectories to train on ({skipped} left out by meta_mixed_only); "
                            "raise meta_items or meta_samples")
