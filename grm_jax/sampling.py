@@ -147,12 +147,12 @@ class Samples(NamedTuple):
         return self.tokens[row, :n - 1] if self.stopped[row] else self.tokens[row, :n]
 
 
-def bucket(n: int, minimum: int = 16, linear_from: int = 128, per_doubling: int = 4) -> int:
-    """n rounded up: powers of two from `minimum` up to `linear_from`, then `per_doubling` evenly
+def bucket(n: int, minimum: int = 16, powers_up_to: int = 128, per_doubling: int = 4) -> int:
+    """n rounded up: powers of two from `minimum` up to `powers_up_to`, then `per_doubling` evenly
     spaced buckets per doubling (128 < n <= 256 rounds to a multiple of 32, up to 512 of 64, ...),
     so padding stays under 1/per_doubling of the length while the number of buckets (compiled
     programs) grows with log n."""
-    if n <= linear_from:
+    if n <= powers_up_to:
         b = minimum
         while b < n:
             b *= 2
