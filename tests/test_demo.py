@@ -129,6 +129,19 @@ def test_demo_cli_help_and_bad_config(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "x"), "no_such_field=1"]) == 2
 
 
+def test_grpo_mixed_items_are_those_with_a_right_and_a_wrong_first_n_sample():
+    from grm_jax.demo.grpo import mixed_items
+
+    def item(index, labels):  # None = unparsed (no label; GRPO's reward gives it -1, so it counts as wrong)
+        return {"index": index, "samples": [{} if c is None else {"correct": c} for c in labels]}
+
+    judged = {"results": [item(0, [True, True, True, False]),  # the 4th is the hinted sample: left out
+                          item(2, [True, None, True]), item(3, [False, False, False]), item(5, [None, False, True]),
+                          item(7, [True, True])]}
+    assert mixed_items(judged, 3) == [2, 5]  # indices as judged (item 1 was skipped by the judge)
+    assert mixed_items(judged, 1) == []
+
+
 def test_meta_trajectories_leave_out_hinted_unparsed_and_with_mixed_only_unanimous_items():
     from grm_jax.demo.meta_rm import meta_trajectories
 

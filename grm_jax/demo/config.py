@@ -47,7 +47,7 @@ class DemoConfig:
     batch_size: int = 32
     pretrain_lr: float = 3e-3
     # rejective fine-tuning
-    rft_items: int = 400
+    rft_items: int = 1500             # the first rft_items train items (all of them by default)
     n_rft: int = 3
     rft_temperature: float = 1.0
     rft_steps: int = 80
@@ -58,6 +58,7 @@ class DemoConfig:
     group_size: int = 8
     grpo_lr: float = 1.5e-4
     grpo_beta: float = 0.08
+    grpo_mixed_only: bool = True       # GRPO only on the RFT items whose N_RFT samples disagreed
     # meta RM (trajectories: the non-hinted RFT samples + meta_samples per item from the GRPO model)
     meta_items: int = 300
     meta_samples: int = 3

@@ -63,7 +63,7 @@ def run_demo(cfg: DemoConfig, *, overwrite: bool = False, progress: bool = True,
         rft_model, rft_judged = rft.run_rft(run, data, pretrained)
         evaluation.greedy(run, data, "rft", rft_model)
     with run.stage("grpo"):
-        grm = grpo.run_grpo(run, data, rft_model)
+        grm = grpo.run_grpo(run, data, rft_model, rft_judged)
         evaluation.greedy(run, data, "grpo", grm)
     with run.stage("meta_rm"):
         meta = meta_rm.train_meta_rm(run, data, grm, rft_judged, pretrained)
