@@ -89,7 +89,7 @@ BOUNDS: dict[str, dict[str, str]] = {
         "batch_size": ">= 1", "pretrain_lr": "> 0", "rft_items": ">= 1", "n_rft": ">= 1",
         "rft_temperature": "> 0", "rft_steps": ">= 1", "rft_lr": "> 0", "grpo_steps": ">= 1",
         "grpo_prompts": ">= 1", "group_size": ">= 2", "grpo_lr": "> 0", "grpo_beta": ">= 0",
-        "meta_items": ">= 1", "meta_samples": ">= 1", "meta_steps": ">= 1", "meta_lr": "> 0",
+        "meta_items": ">= 1", "meta_samples": ">= 1", "meta_rft_items": ">= 0", "meta_steps": ">= 1", "meta_lr": "> 0",
         "scalar_steps": ">= 1", "scalar_lr": "> 0", "k": ">= 1", "temperature": "> 0", "max_new_tokens": ">= 1",
         "judge_batch": ">= 1", "endo_steps": ">= 1", "endo_prompts": ">= 1", "endo_group_size": ">= 2",
         "endo_lr": "> 0", "endo_beta": ">= 0", "endo_samples": ">= 1", "seed": "any"},

@@ -1,6 +1,6 @@
 """Stage `meta_rm`: the meta RM (PAPERS.md A, "Meta RM guided voting"): a decoder with a value
 head, trained by BCE on whether a GRM sample is correct by Eq. 10, on the non-hinted RFT samples
-and `meta_samples` samples per item of the trained GRM (with `meta_mixed_only`, only the items whose
+of the first `meta_rft_items` RFT items and `meta_samples` samples per item of the trained GRM (with `meta_mixed_only`, only the items whose
 samples disagree: our choice, named in configs/demo/EXPERIMENTS.md). The decoder starts from the pretrained LM
 (`meta_init: pretrained`, the default) or from the trained GRM (`meta_init: grm`); the paper says
 only "a value head on an LM" (configs/demo/EXPERIMENTS.md, rows M, for why the pretrained LM)."""
@@ -30,7 +30,7 @@ def meta_trajectories(judged_sets, mixed_only: bool) -> tuple[list[tuple[str, st
 
 
 def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
-    """Trains the meta RM on the non-hinted RFT samples and meta_samples per item of the trained
+    """Trains the meta RM on the non-hinted RFT samples (of the first meta_rft_items items) and meta_samples per item of the trained
     GRM, its decoder initialized from `pretrained` or `grm` (meta_init); returns a MetaRM."""
     from grm_jax.data.chat import ChatFormatter, Encoded
     from grm_jax.eval.judge import MetaRM
@@ -45,7 +45,10 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     cfg, params, tok_dir, tokenizer = load_with_tokenizer(pretrained if c.meta_init == "pretrained" else grm,
                                                           progress=False)
     formatter = ChatFormatter(tokenizer)
-    trajectories, skipped = meta_trajectories(((rft_judged, c.n_rft), (fresh, c.meta_samples)), c.meta_mixed_only)
+    # The RFT samples of the first meta_rft_items items only: the pretrained GRM's T = 1 samples
+    # of all 1,500 train items would outnumber the trained GRM's samples it must rank 5 to 1.
+    rft_part = dict(rft_judged, results=[r for r in rft_judged["results"] if r["index"] < c.meta_rft_items])
+    trajectories, skipped = meta_trajectories(((rft_part, c.n_rft), (fresh, c.meta_samples)), c.meta_mixed_only)
     examples = [Encoded(formatter.prompt_ids(render_meta(template, prompt, text)), 0) for prompt, text, _ in trajectories]
     labels = [label for _, _, label in trajectories]
     if not examples:
