@@ -143,7 +143,7 @@ def test_grpo_mixed_items_are_those_with_a_right_and_a_wrong_first_n_sample():
 
 
 def test_meta_trajectories_leave_out_hinted_unparsed_and_with_mixed_only_unanimous_items():
-    from grm_jax.demo.meta_rm import meta_trajectories
+    from grm_jax.demo.meta_rm import first_items, meta_trajectories
 
     def item(labels, hinted=None):  # one judged item: its samples' labels (None = unparsed), then the hinted one
         samples = [{"text": f"t{j}"} | ({} if c is None else {"correct": c}) for j, c in enumerate(labels)]
@@ -157,3 +157,5 @@ def test_meta_trajectories_leave_out_hinted_unparsed_and_with_mixed_only_unanimo
     rows, skipped = meta_trajectories([(judged, 3)], mixed_only=True)
     assert rows == [("p0", "t0", 1), ("p1", "t1", 0)] and skipped == 5
     assert meta_trajectories([(judged, 1)], mixed_only=True) == ([], 3)  # one sample an item never disagrees
+    indexed = {"results": [dict(r, index=i) for i, r in zip((0, 2, 3), judged["results"])], "k_meta": None}
+    assert [r["index"] for r in first_items(indexed, 3)["results"]] == [0, 2] and first_items(indexed, 0)["results"] == []

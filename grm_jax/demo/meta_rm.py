@@ -29,6 +29,11 @@ def meta_trajectories(judged_sets, mixed_only: bool) -> tuple[list[tuple[str, st
     return out, skipped
 
 
+def first_items(judged: dict, n: int) -> dict:
+    """`judged` with only the results of its first n items (by index in the judged file)."""
+    return dict(judged, results=[r for r in judged["results"] if r["index"] < n])
+
+
 def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     """Trains the meta RM on the non-hinted RFT samples (of the first meta_rft_items items) and meta_samples per item of the trained
     GRM, its decoder initialized from `pretrained` or `grm` (meta_init); returns a MetaRM."""
@@ -47,7 +52,7 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     formatter = ChatFormatter(tokenizer)
     # The RFT samples of the first meta_rft_items items only: the pretrained GRM's T = 1 samples
     # of all 1,500 train items would outnumber the trained GRM's samples it must rank 5 to 1.
-    rft_part = dict(rft_judged, results=[r for r in rft_judged["results"] if r["index"] < c.meta_rft_items])
+    rft_part = first_items(rft_judged, c.meta_rft_items)
     trajectories, skipped = meta_trajectories(((rft_part, c.n_rft), (fresh, c.meta_samples)), c.meta_mixed_only)
     examples = [Encoded(formatter.prompt_ids(render_meta(template, prompt, text)), 0) for prompt, text, _ in trajectories]
     labels = [label for _, _, label in trajectories]
