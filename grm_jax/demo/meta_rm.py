@@ -1,9 +1,10 @@
 """Stage `meta_rm`: the meta RM (PAPERS.md A, "Meta RM guided voting"): a decoder with a value
 head, trained by BCE on whether a GRM sample is correct by Eq. 10, on the non-hinted RFT samples
-of the first `meta_rft_items` RFT items and `meta_samples` samples per item of the trained GRM (with `meta_mixed_only`, only the items whose
-samples disagree: our choice, named in configs/demo/EXPERIMENTS.md). The decoder starts from the pretrained LM
-(`meta_init: pretrained`, the default) or from the trained GRM (`meta_init: grm`); the paper says
-only "a value head on an LM" (configs/demo/EXPERIMENTS.md, rows M, for why the pretrained LM)."""
+of the first `meta_rft_items` RFT items and `meta_samples` samples per item of the trained GRM
+(with `meta_mixed_only`, only the items whose samples disagree: our choice, named in
+configs/demo/EXPERIMENTS.md). The decoder starts from the pretrained LM (`meta_init: pretrained`,
+the default) or from the trained GRM (`meta_init: grm`); the paper says only "a value head on an
+LM" (configs/demo/EXPERIMENTS.md, rows M, for why the pretrained LM)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def first_items(judged: dict, n: int) -> dict:
 
 
 def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
-    """Trains the meta RM on the non-hinted RFT samples (of the first meta_rft_items items) and meta_samples per item of the trained
-    GRM, its decoder initialized from `pretrained` or `grm` (meta_init); returns a MetaRM."""
+    """Trains the meta RM on the non-hinted RFT samples (of the first meta_rft_items items) and
+    meta_samples per item of the trained GRM, its decoder initialized from `pretrained` or `grm` (meta_init); returns a MetaRM."""
     from grm_jax.data.chat import ChatFormatter, Encoded
     from grm_jax.eval.judge import MetaRM
     from grm_jax.loading import load_with_tokenizer
