@@ -145,17 +145,21 @@ def test_grpo_mixed_items_are_those_with_a_right_and_a_wrong_first_n_sample():
 def test_meta_trajectories_leave_out_hinted_unparsed_and_with_mixed_only_unanimous_items():
     from grm_jax.demo.meta_rm import first_items, meta_trajectories
 
-    def item(labels, hinted=None):  # one judged item: its samples' labels (None = unparsed), then the hinted one
+    def item(name, labels, hinted=None):  # one judged item: its samples' labels (None = unparsed), then the hinted one
         samples = [{"text": f"t{j}"} | ({} if c is None else {"correct": c}) for j, c in enumerate(labels)]
         samples.append({"text": "hinted", "correct": True} if hinted is None else hinted)
-        return {"prompts": [f"p{j}" for j in range(len(samples))], "samples": samples}
+        return {"item": name, "prompts": [f"p{j}" for j in range(len(samples))], "samples": samples}
 
-    judged = {"results": [item([True, False, None]), item([False, False, False]), item([True, None, True])]}
+    def flat(rows):  # (item, prompt, sample text, label)
+        return [(it, p, s["text"], label) for it, p, s, label in rows]
+
+    judged = {"results": [item("a", [True, False, None]), item("b", [False, False, False]),
+                          item("c", [True, None, True])]}
     rows, skipped = meta_trajectories([(judged, 3)], mixed_only=False)
-    assert rows == [("p0", "t0", 1), ("p1", "t1", 0), ("p0", "t0", 0), ("p1", "t1", 0), ("p2", "t2", 0),
-                    ("p0", "t0", 1), ("p2", "t2", 1)] and skipped == 0
+    assert flat(rows) == [("a", "p0", "t0", 1), ("a", "p1", "t1", 0), ("b", "p0", "t0", 0), ("b", "p1", "t1", 0),
+                          ("b", "p2", "t2", 0), ("c", "p0", "t0", 1), ("c", "p2", "t2", 1)] and skipped == 0
     rows, skipped = meta_trajectories([(judged, 3)], mixed_only=True)
-    assert rows == [("p0", "t0", 1), ("p1", "t1", 0)] and skipped == 5
+    assert flat(rows) == [("a", "p0", "t0", 1), ("a", "p1", "t1", 0)] and skipped == 5
     assert meta_trajectories([(judged, 1)], mixed_only=True) == ([], 3)  # one sample an item never disagrees
     indexed = {"results": [dict(r, index=i) for i, r in zip((0, 2, 3), judged["results"])], "k_meta": None}
     assert [r["index"] for r in first_items(indexed, 3)["results"]] == [0, 2] and first_items(indexed, 0)["results"] == []

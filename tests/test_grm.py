@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grm_jax.rewards.grm import JUDGE, MULTI, SINGLE, load_template, render, split_conversation
+from grm_jax.rewards.grm import (JUDGE, MULTI, SINGLE, load_template, meta_verdict, render, render_meta,
+                                 split_conversation)
 from grm_jax.rewards.parse import Parsed, parse_scores
 from grm_jax.rewards.voting import choose, is_correct, meta_keep, permutation, unshuffle, vote
 
@@ -121,6 +122,20 @@ def test_meta_filter_keeps_the_top_k_meta():
     np.testing.assert_array_equal(vote([samples[i] for i in keep], 2), [17, 3])
     with pytest.raises(ValueError, match="k_meta"):
         meta_keep([0.1, 0.2], 3)
+
+
+def test_meta_verdict_names_the_top_responses_as_the_prompt_numbers_them():
+    responses = ["2 + 2 = 4.", "2 + 2 = 5.", "2 + 2 = 3."]
+    # shown order [orig 2, orig 0, orig 1]; scores are in the original order
+    assert meta_verdict(responses, [9, 2, 1], [2, 0, 1]) == "Highest score: Response 2: 2 + 2 = 4."
+    assert meta_verdict(responses, [1, 8, 8], [2, 0, 1]) == \
+        "Highest score: Response 3: 2 + 2 = 5. Response 1: 2 + 2 = 3."  # a tie names both
+    assert meta_verdict(responses, None, [0, 1, 2]) == "Highest score: none (the scores do not parse)."
+    template = load_template("meta_rm")
+    text = render_meta(template, "PROMPT", "JUDGMENT", meta_verdict(responses, [1, 8, 8], [0, 1, 2]))
+    assert text.index("PROMPT") < text.index("JUDGMENT") < text.index("#### Question ####") < \
+        text.index("#### Verdict ####\nHighest score: Response 2: 2 + 2 = 5. Response 3: 2 + 2 = 3.")
+    assert "Verdict" not in render_meta(template, "PROMPT", "JUDGMENT")  # no verdict, no section
 
 
 def test_templates_render_the_published_layout():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grm_jax.rewards.grm import load_template, render
+from grm_jax.rewards.grm import load_template, render, render_meta
 from grm_jax.synthetic import (OPS, TaskConfig, all_queries, make_item, misconceptions, response_text,
                                teacher_reply, wrong_answer)
 
@@ -116,7 +116,7 @@ def corpus_rows(train: list[dict], cfg: TaskConfig, *, seed: int, qa_repeats: in
 def tokenizer_texts(rows: list[dict], meta_template: str) -> list[str]:
     """Texts to train the BPE tokenizer on: the corpus, and the meta RM's template text."""
     texts = [m["content"] for r in rows for m in r["messages"]]
-    texts.append(load_template(meta_template).render(grm_prompt="", judgment=""))
+    texts.append(render_meta(load_template(meta_template), "", ""))
     return texts
 
 

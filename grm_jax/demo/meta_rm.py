@@ -1,10 +1,13 @@
 """Stage `meta_rm`: the meta RM (PAPERS.md A, "Meta RM guided voting"): a decoder with a value
-head, trained by BCE on whether a GRM sample is correct by Eq. 10, on the non-hinted RFT samples
-of the first `meta_rft_items` RFT items and `meta_samples` samples per item of the trained GRM
-(with `meta_mixed_only`, only the items whose samples disagree: our choice, named in
-configs/demo/EXPERIMENTS.md). The decoder starts from the pretrained LM (`meta_init: pretrained`,
-the default) or from the trained GRM (`meta_init: grm`); the paper says only "a value head on an
-LM" (configs/demo/EXPERIMENTS.md, rows M, for why the pretrained LM)."""
+head, trained by BCE on whether a GRM sample is correct by Eq. 10. Its input is the GRM prompt,
+the sample, and the sample's verdict spelled out (`grm_jax.rewards.grm.meta_verdict`: the
+response its scores put on top, with its text; our extension, configs/demo/EXPERIMENTS.md row O).
+It trains on the non-hinted RFT samples of the first `meta_rft_items` RFT items and `meta_samples`
+samples per item of the trained GRM (with `meta_mixed_only`, only the items whose samples
+disagree: our choice, named in configs/demo/EXPERIMENTS.md). The decoder starts from the
+pretrained LM (`meta_init: pretrained`, the default) or from the trained GRM (`meta_init: grm`);
+the paper says only "a value head on an LM" (configs/demo/EXPERIMENTS.md, rows M, for why the
+pretrained LM)."""
 
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ import numpy as np
 from grm_jax.demo.config import META_TEMPLATE
 
 
-def meta_trajectories(judged_sets, mixed_only: bool) -> tuple[list[tuple[str, str, int]], int]:
-    """(prompt, GRM reply, 1 if correct else 0) of the first n samples of every item in each
+def meta_trajectories(judged_sets, mixed_only: bool) -> tuple[list[tuple[object, str, dict, int]], int]:
+    """(item, prompt, sample, 1 if correct else 0) of the first n samples of every item in each
     (judged, n) pair (the hinted sample, index n, left out; unparsed samples have no label and are
     left out), and how many labelled samples `mixed_only` left out (items whose samples all agree)."""
     out, skipped = [], 0
@@ -26,7 +29,7 @@ def meta_trajectories(judged_sets, mixed_only: bool) -> tuple[list[tuple[str, st
             if mixed_only and len({bool(s["correct"]) for _, s in rows}) < 2:
                 skipped += len(rows)  # all right or all wrong: nothing to tell apart within the item
                 continue
-            out += [(r["prompts"][j], s["text"], int(bool(s["correct"]))) for j, s in rows]
+            out += [(r["item"], r["prompts"][j], s, int(bool(s["correct"]))) for j, s in rows]
     return out, skipped
 
 
@@ -39,9 +42,9 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     """Trains the meta RM on the non-hinted RFT samples (of the first meta_rft_items items) and
     meta_samples per item of the trained GRM, its decoder initialized from `pretrained` or `grm` (meta_init); returns a MetaRM."""
     from grm_jax.data.chat import ChatFormatter, Encoded
-    from grm_jax.eval.judge import MetaRM
+    from grm_jax.eval.judge import MetaRM, meta_input
     from grm_jax.loading import load_with_tokenizer
-    from grm_jax.rewards.grm import load_template, render_meta
+    from grm_jax.rewards.grm import load_template
     from grm_jax.train import scalar_rm
     from grm_jax.train.optim import OptimConfig, make_optimizer
 
@@ -55,8 +58,9 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     # of all 1,500 train items would outnumber the trained GRM's samples it must rank 5 to 1.
     rft_part = first_items(rft_judged, c.meta_rft_items)
     trajectories, skipped = meta_trajectories(((rft_part, c.n_rft), (fresh, c.meta_samples)), c.meta_mixed_only)
-    examples = [Encoded(formatter.prompt_ids(render_meta(template, prompt, text)), 0) for prompt, text, _ in trajectories]
-    labels = [label for _, _, label in trajectories]
+    examples = [Encoded(formatter.prompt_ids(meta_input(template, item, prompt, sample)), 0)
+                for item, prompt, sample, _ in trajectories]
+    labels = [label for *_, label in trajectories]
     if not examples:
         raise RuntimeError(f"meta RM: no trajectories to train on ({skipped} left out by meta_mixed_only); "
                            "raise meta_items or meta_samples")

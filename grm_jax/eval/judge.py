@@ -27,7 +27,7 @@ from grm_jax.data.chat import ChatFormatter, Encoded, PromptError
 from grm_jax.data.grm_items import Item
 from grm_jax.data.pipeline import collate
 from grm_jax.eval.preference import rmbench_levels
-from grm_jax.rewards.grm import JUDGE, MULTI, SINGLE, GrmFormat, load_template, render, render_meta
+from grm_jax.rewards.grm import JUDGE, MULTI, SINGLE, GrmFormat, load_template, meta_verdict, render, render_meta
 from grm_jax.rewards.parse import REASONS, parse_scores
 from grm_jax.rewards.voting import choose, is_correct, meta_keep, unshuffle, vote
 from grm_jax.sampling import Greedy, Temperature, generate
@@ -203,7 +203,7 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
     if meta is not None:
         t1 = time.perf_counter()
         pairs = [(i, j) for i in results for j in range(opts.k)]
-        texts = [render_meta(meta.template, results[i]["_prompts"][j], results[i]["samples"][j]["text"])
+        texts = [meta_input(meta.template, results[i]["item"], results[i]["_prompts"][j], results[i]["samples"][j])
                  for i, j in pairs]
         values = meta_values(meta, texts, batch_size=opts.batch_size, mesh=mesh)
         for (i, j), v in zip(pairs, values):
@@ -226,6 +226,13 @@ def judge_items(params, config, tokenizer, items: Sequence[Item], opts: JudgeOpt
               "new_tokens": new_tokens, "new_tokens_per_s": new_tokens / seconds if seconds else float("nan"),
               "meta_s": round(meta_seconds, 3)}
     return {"results": list(results.values()), "timing": timing, "k_meta": k_meta}
+
+
+def meta_input(template, item: Item, prompt: str, sample: dict) -> str:
+    """The meta RM's input for one judged sample: the GRM prompt it answered, its text and what
+    its parsed scores decided (`grm_jax.rewards.grm.meta_verdict`)."""
+    return render_meta(template, prompt, sample["text"],
+                       meta_verdict(item.responses, sample["scores"], sample["permutation"]))
 
 
 def meta_values(meta: MetaRM, texts: Sequence[str], *, batch_size: int = 32,

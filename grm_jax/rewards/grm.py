@@ -98,6 +98,20 @@ def render(template: PromptTemplate, prompt: str | list[dict], responses: Sequen
     return template.render(history=history, query=query, responses=list(responses))
 
 
-def render_meta(template: PromptTemplate, grm_prompt: str, judgment: str) -> str:
-    """The meta RM's input: the GRM prompt and one sampled judgment."""
-    return template.render(grm_prompt=grm_prompt, judgment=judgment)
+def meta_verdict(responses: Sequence[str], scores: Sequence[float] | None, permutation: Sequence[int]) -> str:
+    """What a judgment decided, spelled out for the meta RM (our extension; the paper's meta RM
+    reads the principles and critique alone): the response(s) its parsed scores put on top,
+    numbered as its prompt shows them, with their text. `scores` are in the responses' original
+    order (None: the judgment did not parse); `permutation[shown] = original`."""
+    if scores is None:
+        return "Highest score: none (the scores do not parse)."
+    shown = {orig: pos + 1 for pos, orig in enumerate(permutation)}
+    top = max(scores)
+    return "Highest score: " + " ".join(f"Response {shown[i]}: {responses[i]}"
+                                        for i, x in enumerate(scores) if x == top)
+
+
+def render_meta(template: PromptTemplate, grm_prompt: str, judgment: str, verdict: str = "") -> str:
+    """The meta RM's input: the GRM prompt, one sampled judgment and its `meta_verdict` (left out
+    when empty)."""
+    return template.render(grm_prompt=grm_prompt, judgment=judgment, verdict=verdict)
