@@ -96,11 +96,14 @@ def test_grpo_on_grm_items_with_the_eq10_rule(tmp_path, grm_model):
     data.write_text("".join(json.dumps(r) + "\n" for r in items))
     logs = []
     cfg = _cfg(grm_model, data, tmp_path / "run", "reward=grm", "steps=1", "max_new_tokens=8",
-               "max_prompt_length=2048")
+               "max_prompt_length=2048", "rollouts=true")
     summary, history = run_grpo(cfg, progress=False, log=logs.append)
     assert summary["status"] == "done" and any("row 5" in m and "rewards" in m for m in logs)
     # Noise replies never parse: every reward is -1, every group all-equal, so no advantage.
     assert history[0]["reward_mean"] == -1.0 and history[0]["accuracy"] == 0.0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and {r["row"] for r in rows} <= {1, 2, 3, 4}
+    assert all(r["reward"] == -1.0 and sorted(r["permutation"]) == [0, 1] for r in rows)
 
 
 def test_grpo_resume_is_exact(tmp_path, chat_model):
@@ -109,9 +112,12 @@ def test_grpo_resume_is_exact(tmp_path, chat_model):
     from grm_jax.train.model_checkpoint import load_model
 
     data = _prompts(tmp_path / "p.jsonl")
-    args = ("reward=token_rate", "reward_target=160", "steps=4", "optim.lr=1e-2", "max_new_tokens=8")
+    args = ("reward=token_rate", "reward_target=160", "steps=4", "optim.lr=1e-2", "max_new_tokens=8",
+            "rollouts=true")
     run_grpo(_cfg(chat_model, data, tmp_path / "a", *args), progress=False, log=lambda *_: None)
     run_grpo(_cfg(chat_model, data, tmp_path / "b", *args), progress=False, stop_after=2, log=lambda *_: None)
+    with (tmp_path / "b" / "rollouts.jsonl").open("a") as f:  # what a run killed after its checkpoint leaves
+        f.write(json.dumps({"step": 3, "row": 1, "text": "from the killed run", "reward": 0.0}) + "\n")
     run_grpo(_cfg(chat_model, data, tmp_path / "b", *args), progress=False, log=lambda *_: None)
     for x, y in zip(jax.tree.leaves(load_model(tmp_path / "a" / "final")[1]),
                     jax.tree.leaves(load_model(tmp_path / "b" / "final")[1])):
@@ -119,6 +125,17 @@ def test_grpo_resume_is_exact(tmp_path, chat_model):
     ra = [json.loads(x)["reward_mean"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(x)["reward_mean"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert ra == rb and len(ra) == 4
+    # rollouts.jsonl: every sample of every step once (the killed run's row dropped on resume),
+    # each step's rewards averaging to its metrics row
+    text = (tmp_path / "a" / "rollouts.jsonl").read_text()
+    assert (tmp_path / "b" / "rollouts.jsonl").read_text() == text
+    rows = [json.loads(x) for x in text.splitlines()]
+    assert len(rows) == 4 * 4 * 4 and [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+    for step, mean in enumerate(ra, 1):
+        mine = [r for r in rows if r["step"] == step]
+        assert sorted(r["sample"] for r in mine) == sorted(list(range(4)) * 4)
+        assert np.isclose(np.mean([r["reward"] for r in mine]), mean, atol=1e-6)
+        assert all(r["finish"] in ("stop", "length") and 1 <= r["row"] <= 8 for r in mine)
 
 
 def test_forwards_in_microbatches_equal_one_pass(chat_model):

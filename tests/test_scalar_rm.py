@@ -47,6 +47,23 @@ def test_value_is_read_at_the_last_real_token(hf_models):
         assert abs(float(got[i]) - float(alone[0])) < 1e-5
 
 
+def test_unrolled_values_and_steps_equal_the_scanned_ones(hf_models):
+    cfg, params = load_hf(hf_models("qwen2")[0], progress=False)
+    head = init_value_head(cfg, jax.random.key(0))
+    tokens, positions = (jnp.asarray(x) for x in _rows(np.random.default_rng(2), cfg.vocab_size, 4, last=10))
+    scanned = last_token_values(params, head, cfg, tokens, positions)
+    unrolled = last_token_values(params, head, cfg, tokens, positions, unrolled=True)
+    np.testing.assert_allclose(np.asarray(unrolled), np.asarray(scanned), atol=1e-5)
+    batch = {"tokens": tokens, "positions": positions, "labels": jnp.asarray([1, 0, 1, 0], jnp.int32)}
+    opt = optax.adam(1e-3)
+    # the step donates its state: each gets its own copy
+    metrics = [make_train_step(cfg, opt, "bce", unrolled=u)(
+        init_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, head), opt), batch)[1]
+        for u in (False, True)]
+    for key in ("loss", "grad_norm"):
+        assert abs(float(metrics[0][key]) - float(metrics[1][key])) < 1e-5, key
+
+
 @pytest.mark.parametrize("loss", ["bt", "bce"])
 def test_steps_learn_a_separable_set(loss, hf_models):
     cfg, params = load_hf(hf_models("qwen2")[0], progress=False)

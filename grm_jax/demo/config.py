@@ -63,7 +63,7 @@ class DemoConfig:
     meta_items: int = 300
     meta_samples: int = 3
     meta_rft_items: int = 400          # the RFT samples of the first meta_rft_items RFT items
-    meta_steps: int = 300
+    meta_steps: int = 600
     meta_lr: float = 3e-4
     meta_init: str = "pretrained"      # the meta RM's decoder starts from: pretrained (the LM) | grm
     meta_mixed_only: bool = False      # train only on items whose samples disagree (right and wrong ones)

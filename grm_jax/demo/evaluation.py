@@ -90,7 +90,7 @@ def scalar_baseline(run, data, pretrained: Path) -> None:
 
     opt = make_optimizer(OptimConfig(lr=c.scalar_lr, total_steps=c.scalar_steps, warmup_steps=min(10, c.scalar_steps // 2), b2=0.99))
     trained, history = scalar_rm.fit(params, cfg, batches(), loss="bt", steps=c.scalar_steps, optimizer=opt,
-                                     seed=c.seed, progress=run.progress, desc="scalar BT RM")
+                                     seed=c.seed, progress=run.progress, desc="scalar BT RM", unrolled=True)
     fn = _jitted_values(cfg, None)
     hits, per_n = [], {}
     for it in data.held:

@@ -20,8 +20,8 @@ from grm_jax.demo.config import META_TEMPLATE
 
 def meta_trajectories(judged_sets, mixed_only: bool) -> tuple[list[tuple[object, str, dict, int]], int]:
     """(item, prompt, sample, 1 if correct else 0) of the first n samples of every item in each
-    (judged, n) pair (the hinted sample, index n, left out; unparsed samples have no label and are
-    left out), and how many labelled samples `mixed_only` left out (items whose samples all agree)."""
+    (judged, n) pair (the hinted sample, index n, left out; an unparsed sample is incorrect; samples of
+    items without a unique best response have no label and are left out), and how many labelled samples `mixed_only` left out (items whose samples all agree)."""
     out, skipped = [], 0
     for judged, n in judged_sets:
         for r in judged["results"]:
@@ -40,62 +40,73 @@ def first_items(judged: dict, n: int) -> dict:
 
 def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     """Trains the meta RM on the non-hinted RFT samples (of the first meta_rft_items items) and
-    meta_samples per item of the trained GRM, its decoder initialized from `pretrained` or `grm` (meta_init); returns a MetaRM."""
+    meta_samples per item of the trained GRM, its decoder initialized from `pretrained` or `grm`
+    (meta_init); returns a MetaRM."""
+    from grm_jax.train.model_checkpoint import save_model
+
+    c = run.cfg
+    fresh = run.judge(grm, data.meta_path, run.judge_opts(c.meta_samples))
+    # The RFT samples of the first meta_rft_items items only: the pretrained GRM's T = 1 samples
+    # of all 1,500 train items would outnumber the trained GRM's samples it must rank 5 to 1.
+    rft_part = first_items(rft_judged, c.meta_rft_items)
+    trajectories, skipped = meta_trajectories(((rft_part, c.n_rft), (fresh, c.meta_samples)), c.meta_mixed_only)
+    if not trajectories:
+        raise RuntimeError(f"meta RM: no trajectories to train on ({skipped} left out by meta_mixed_only); "
+                           "raise meta_items or meta_samples")
+    meta, history, labels, tok_dir = fit_meta_rm(
+        pretrained if c.meta_init == "pretrained" else grm, trajectories, steps=c.meta_steps, lr=c.meta_lr,
+        batch_size=c.batch_size, seed=c.seed, progress=run.progress, log=run.log)
+    save_model(run.out / "meta_rm", meta.params, meta.config,
+               tokenizer_files=[p for p in Path(tok_dir).iterdir() if p.is_file()],
+               extra_arrays={"value_head": meta.head})
+    run.results["meta_rm"] = {"init": c.meta_init, "examples": len(labels), "skipped_unanimous": skipped,
+                              "positive_fraction": float(labels.mean()),
+                              "balanced_batches": bool(0 < labels.sum() < len(labels)),
+                              "train_accuracy_last10": float(np.mean([h["accuracy"] for h in history[-10:]]))}
+    run.histories["meta_rm"] = history
+    run.log(f"   meta RM: {len(labels)} trajectories ({100 * labels.mean():.0f}% correct), "
+            f"train accuracy (last 10 steps) {100 * run.results['meta_rm']['train_accuracy_last10']:.0f}%")
+    return meta
+
+
+def fit_meta_rm(init: Path, trajectories, *, steps: int, lr: float, batch_size: int, seed: int,
+                progress: bool = True, log=print):
+    """A value head and the decoder of the model at `init`, trained by BCE on `trajectories`
+    ((item, GRM prompt, sample, label) as `meta_trajectories` gives them) in class-balanced
+    batches. Returns (MetaRM, per-step metrics, the labels, the tokenizer's folder)."""
     from grm_jax.data.chat import ChatFormatter, Encoded
+    from grm_jax.data.pipeline import collate
     from grm_jax.eval.judge import MetaRM, meta_input
     from grm_jax.loading import load_with_tokenizer
     from grm_jax.rewards.grm import load_template
     from grm_jax.train import scalar_rm
     from grm_jax.train.optim import OptimConfig, make_optimizer
 
-    c = run.cfg
-    fresh = run.judge(grm, data.meta_path, run.judge_opts(c.meta_samples))
     template = load_template(META_TEMPLATE)
-    cfg, params, tok_dir, tokenizer = load_with_tokenizer(pretrained if c.meta_init == "pretrained" else grm,
-                                                          progress=False)
+    cfg, params, tok_dir, tokenizer = load_with_tokenizer(init, progress=False)
     formatter = ChatFormatter(tokenizer)
-    # The RFT samples of the first meta_rft_items items only: the pretrained GRM's T = 1 samples
-    # of all 1,500 train items would outnumber the trained GRM's samples it must rank 5 to 1.
-    rft_part = first_items(rft_judged, c.meta_rft_items)
-    trajectories, skipped = meta_trajectories(((rft_part, c.n_rft), (fresh, c.meta_samples)), c.meta_mixed_only)
     examples = [Encoded(formatter.prompt_ids(meta_input(template, item, prompt, sample)), 0)
                 for item, prompt, sample, _ in trajectories]
-    labels = [label for *_, label in trajectories]
-    if not examples:
-        raise RuntimeError(f"meta RM: no trajectories to train on ({skipped} left out by meta_mixed_only); "
-                           "raise meta_items or meta_samples")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(c.seed)
+    labels = np.asarray([label for *_, label in trajectories])
+    rng = np.random.default_rng(seed)
     # Class-balanced batches (our choice; the paper gives no sampling detail): half correct,
     # half incorrect samples, so the head cannot settle on the majority label.
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    half = c.batch_size // 2
+    half = batch_size // 2
     balanced = bool(len(pos) and len(neg))
     if not balanced:
-        run.log(f"   meta RM: warning: {len(pos)} correct and {len(neg)} incorrect samples; "
-                "training on one class, so it cannot tell them apart")
+        log(f"   meta RM: warning: {len(pos)} correct and {len(neg)} incorrect samples; "
+            "training on one class, so it cannot tell them apart")
 
     def batches():
-        from grm_jax.data.pipeline import collate
         while True:
             idx = np.concatenate([rng.choice(pos, half, replace=len(pos) < half),
                                   rng.choice(neg, half, replace=len(neg) < half)]) if balanced else \
-                rng.choice(len(labels), c.batch_size, replace=len(labels) < c.batch_size)
+                rng.choice(len(labels), batch_size, replace=len(labels) < batch_size)
             b = collate([examples[i] for i in idx])
             yield {"tokens": b["tokens"], "positions": b["positions"], "labels": labels[idx].astype(np.float32)}
 
-    opt = make_optimizer(OptimConfig(lr=c.meta_lr, total_steps=c.meta_steps, warmup_steps=min(10, c.meta_steps // 2), b2=0.99))
-    trained, history = scalar_rm.fit(params, cfg, batches(), loss="bce", steps=c.meta_steps, optimizer=opt,
-                                     seed=c.seed, progress=run.progress, desc="meta RM")
-    out = run.out / "meta_rm"
-    from grm_jax.train.model_checkpoint import save_model
-    save_model(out, trained["decoder"], cfg, tokenizer_files=[p for p in Path(tok_dir).iterdir() if p.is_file()],
-               extra_arrays={"value_head": trained["head"]})
-    run.results["meta_rm"] = {"init": c.meta_init, "examples": len(examples), "skipped_unanimous": skipped,
-                              "positive_fraction": float(labels.mean()),
-                              "balanced_batches": balanced,
-                              "train_accuracy_last10": float(np.mean([h["accuracy"] for h in history[-10:]]))}
-    run.histories["meta_rm"] = history
-    run.log(f"   meta RM: {len(examples)} trajectories ({100 * labels.mean():.0f}% correct), "
-            f"train accuracy (last 10 steps) {100 * run.results['meta_rm']['train_accuracy_last10']:.0f}%")
-    return MetaRM(trained["decoder"], trained["head"], cfg, formatter, template)
+    opt = make_optimizer(OptimConfig(lr=lr, total_steps=steps, warmup_steps=min(10, steps // 2), b2=0.99))
+    trained, history = scalar_rm.fit(params, cfg, batches(), loss="bce", steps=steps, optimizer=opt,
+                                     seed=seed, progress=progress, desc="meta RM", unrolled=True)
+    return MetaRM(trained["decoder"], trained["head"], cfg, formatter, template), history, labels, tok_dir

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from grm_jax.models.config import ModelConfig
-from grm_jax.models.decoder import Decoder
+from grm_jax.models.decoder import Decoder, unstack_layers
 
 
 def init_value_head(config: ModelConfig, rng: jax.Array) -> dict:
@@ -22,9 +22,15 @@ def init_value_head(config: ModelConfig, rng: jax.Array) -> dict:
 
 
 def last_token_values(params, head: dict, config: ModelConfig, tokens_BT, positions_BT, *,
-                      mesh: Mesh | None = None) -> jax.Array:
-    """Value [B] at each row's last real token (the one with the largest position)."""
-    h_BTD, _ = Decoder(config, mesh).apply({"params": params}, tokens_BT, positions_BT, hidden_only=True)
+                      mesh: Mesh | None = None, unrolled: bool = False) -> jax.Array:
+    """Value [B] at each row's last real token (the one with the largest position). `unrolled`
+    runs the layers as a Python loop over slices of the stacked params (faster on CPU for small
+    models; the same function)."""
+    if unrolled:
+        h_BTD, _ = Decoder(config, mesh, unrolled=True).apply({"params": unstack_layers(params)}, tokens_BT,
+                                                             positions_BT, hidden_only=True)
+    else:
+        h_BTD, _ = Decoder(config, mesh).apply({"params": params}, tokens_BT, positions_BT, hidden_only=True)
     last_B = jnp.argmax(positions_BT, axis=1)
     h_BD = jnp.take_along_axis(h_BTD, last_B[:, None, None], axis=1)[:, 0].astype(jnp.float32)
     return h_BD @ head["kernel"] + head["bias"]

@@ -68,6 +68,7 @@ class GRPOConfig:
     chunk: int = 512
     system_prompt: Optional[str] = None
     mesh: Optional[str] = None
+    rollouts: bool = False               # write every sample, its reward and its step to OUT/rollouts.jsonl
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-6, b2=0.999))
 
     def __post_init__(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 
 import jax
@@ -166,6 +167,22 @@ def in_microbatches(fn, count: int):
     return run
 
 
+def rollout_rows(step: int, prompts: list[RLPrompt], samples, rewards, tokenizer, group_size: int) -> list[dict]:
+    """rollouts.jsonl rows: one per sample of `prompts` (this process's) at `step` (1-based, as in
+    metrics.jsonl), with its prompt's data row, its text and reward, and the shuffle the prompt
+    showed (GRM rewards)."""
+    rows = []
+    for r in range(len(samples.lengths)):
+        p = prompts[r // group_size]
+        row = {"step": step, "row": p.row, "sample": r % group_size,
+               "text": tokenizer.decode(samples.body(r), skip_special_tokens=True), "reward": float(rewards[r]),
+               "tokens": int(samples.lengths[r]), "finish": "stop" if samples.stopped[r] else "length"}
+        if p.perm is not None:
+            row["permutation"] = list(p.perm)
+        rows.append(row)
+    return rows
+
+
 def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None = None, log=print):
     """Trains per `cfg`, resuming from OUT's last checkpoint; writes OUT/final when done."""
     from grm_jax.flops import matmul_peak_flops, peak_flops, train_flops
@@ -205,6 +222,8 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
     shards = {s: [p for p in prompts if shard_of(p.row, S) == s] for s in owned}
     stream = ShardedStream(shards, cfg.prompts_per_step, S, seed=cfg.seed)
     G = cfg.group_size
+    # Each process writes its own samples (only it has their texts).
+    rollouts = out / ("rollouts.jsonl" if jax.process_count() == 1 else f"rollouts.{jax.process_index()}.jsonl")
 
     def put(x):
         rows = x.shape[0] * jax.process_count()
@@ -223,6 +242,10 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
         n_tokens = int(distributed.allgather((batch["positions"] >= 0).sum()).sum())
         batch = {k: put(v) for k, v in batch.items()}
         rewards = reward_fn(batch_prompts, s, batch)
+        if cfg.rollouts:
+            with rollouts.open("a") as f:
+                f.writelines(json.dumps(row) + "\n" for row in
+                             rollout_rows(int(state.step) + 1, batch_prompts, s, rewards, tokenizer, G))
         batch["adv"] = put(np.asarray(group_advantages(jnp.asarray(rewards), G)))
         t2 = time.perf_counter()
         batch["ref_logp"] = ref_logp(ref_params, batch["tokens"], batch["positions"])
@@ -251,7 +274,8 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
     state, history, status = run_loop(
         step_fn, state, stream, checkpointer=checkpointer, run_config=config_json(cfg),
         total_steps=cfg.steps, save_every=cfg.save_every, run_dir=out, data_state=stream.state,
-        restore_data=stream.restore, stop_after=stop_after, progress=progress, log=log)
+        restore_data=stream.restore, stop_after=stop_after, progress=progress, log=log,
+        step_files=(rollouts,) if cfg.rollouts else ())
     checkpointer.close()
     summary = {"status": status, "steps": int(state.step), "prompts": len(prompts),
                "update_mfu_peak": "device peak" if peak_flops(jax.devices()[0]) else

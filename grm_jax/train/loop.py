@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
+from grm_jax.atomic import atomic_write_text
 from grm_jax.train.run_checkpoint import RESUMABLE_CHANGES, RunCheckpointer, abstract_like, identity_changes
 
 
@@ -46,18 +47,23 @@ class _Preempted:
 
 
 def _trim_metrics(path: Path, last_step: int) -> None:
-    """Drops metric lines after `last_step` (written after the checkpoint a run resumes from)."""
+    """Drops JSONL lines whose "step" is after `last_step` (written after the checkpoint a run
+    resumes from)."""
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
+    atomic_write_text(path, "".join(line + "\n" for line in keep), overwrite=True)
 
 
 def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer: RunCheckpointer,
              run_config: dict, total_steps: int, save_every: int, run_dir: str | Path,
              data_state: Callable[[], dict], restore_data: Callable[[dict], None],
-             stop_after: int | None = None, progress: bool = True, log=print):
-    """Trains until `total_steps` (or `stop_after` steps this call, or SIGTERM).
+             stop_after: int | None = None, progress: bool = True, log=print,
+             step_files: tuple[Path, ...] = ()):
+    """Trains until `total_steps` (or `stop_after` steps this call, or SIGTERM). `step_files`
+    are this process's own JSONL files of per-step rows (a "step" field each, as in
+    metrics.jsonl): on a resume the rows after the checkpoint's step are dropped, on a fresh start
+    all of them.
 
     Returns (state, metrics history of this call, "done" | "stopped" (by `stop_after`) |
     "preempted").
@@ -83,6 +89,8 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
         if main:
             _trim_metrics(metrics_path, start)
             log(f"resumed from {checkpointer.directory / str(start)} (step {start} of {total_steps})")
+    for path in step_files:  # rows of steps after the checkpoint (all rows on a fresh start) go
+        _trim_metrics(Path(path), start)
     end = total_steps if stop_after is None else min(total_steps, start + stop_after)
     history, pending, status = [], None, "done" if end == total_steps else "stopped"
     writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None

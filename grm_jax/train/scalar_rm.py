@@ -35,9 +35,9 @@ def init_state(decoder_params, head: dict, optimizer: optax.GradientTransformati
     return ScalarRMState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def _loss(params, config, batch, kind, mesh):
+def _loss(params, config, batch, kind, mesh, unrolled):
     values = last_token_values(params["decoder"], params["head"], config, batch["tokens"],
-                               batch["positions"], mesh=mesh)
+                               batch["positions"], mesh=mesh, unrolled=unrolled)
     if kind == "bt":  # rows [0, B) are chosen, [B, 2B) their rejected partners
         chosen, rejected = jnp.split(values, 2)
         return bradley_terry_loss(chosen, rejected), {"accuracy": jnp.mean(chosen > rejected)}
@@ -46,7 +46,7 @@ def _loss(params, config, batch, kind, mesh):
 
 
 def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation, loss: str = "bt",
-                    mesh: Mesh | None = None):
+                    mesh: Mesh | None = None, unrolled: bool = False):
     """A jitted step(state, batch) -> (state, metrics).
 
     batch: "tokens", "positions" [R, T] (negative position = padding); for "bt" R = 2B with the
@@ -56,7 +56,7 @@ def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
     def step(state: ScalarRMState, batch):
-        (value, aux), grads = jax.value_and_grad(_loss, has_aux=True)(state.params, config, batch, loss, mesh)
+        (value, aux), grads = jax.value_and_grad(_loss, has_aux=True)(state.params, config, batch, loss, mesh, unrolled)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), **aux}
@@ -80,7 +80,8 @@ def load_value_head(directory: str | Path) -> dict:
 
 
 def fit(decoder_params, config: ModelConfig, batches, *, loss: str, steps: int, optimizer,
-        seed: int = 0, mesh: Mesh | None = None, progress: bool = True, desc: str = "scalar RM"):
+        seed: int = 0, mesh: Mesh | None = None, progress: bool = True, desc: str = "scalar RM",
+        unrolled: bool = False):
     """Trains decoder + a fresh value head for `steps` batches of `batches` (an iterator of
     numpy batches as `make_train_step` takes). Returns ({"decoder", "head"} params, per-step
     metrics)."""
@@ -90,7 +91,7 @@ def fit(decoder_params, config: ModelConfig, batches, *, loss: str, steps: int, 
 
     head = init_value_head(config, jax.random.key(seed))
     state = init_state(jax.tree.map(jnp.copy, decoder_params), head, optimizer)
-    step = make_train_step(config, optimizer, loss, mesh)
+    step = make_train_step(config, optimizer, loss, mesh, unrolled)
     history = []
     for _ in tqdm(range(steps), desc=desc, unit="step", disable=not progress):
         state, m = step(state, next(batches))
