@@ -20,8 +20,9 @@ from grm_jax.demo.config import META_TEMPLATE
 
 def meta_trajectories(judged_sets, mixed_only: bool) -> tuple[list[tuple[object, str, dict, int]], int]:
     """(item, prompt, sample, 1 if correct else 0) of the first n samples of every item in each
-    (judged, n) pair (the hinted sample, index n, left out; an unparsed sample is incorrect; samples of
-    items without a unique best response have no label and are left out), and how many labelled samples `mixed_only` left out (items whose samples all agree)."""
+    (judged, n) pair (the hinted sample, index n, left out; an unparsed sample is incorrect; samples
+    of items without a unique best response have no label and are left out), and how many labelled
+    samples `mixed_only` left out (items whose samples all agree)."""
     out, skipped = [], 0
     for judged, n in judged_sets:
         for r in judged["results"]:

@@ -171,7 +171,7 @@ def rollout_rows(step: int, prompts: list[RLPrompt], samples, rewards, tokenizer
     """rollouts.jsonl rows: one per sample of `prompts` (this process's) at `step` (1-based, as in
     metrics.jsonl), with its prompt's data row, its text and reward, and the shuffle the prompt
     showed (GRM rewards)."""
-    rows = []
+    rewards, rows = np.asarray(rewards), []  # one device-to-host copy, not one per sample
     for r in range(len(samples.lengths)):
         p = prompts[r // group_size]
         row = {"step": step, "row": p.row, "sample": r % group_size,

@@ -46,7 +46,7 @@ class _Preempted:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def _trim_metrics(path: Path, last_step: int) -> None:
+def _trim_steps(path: Path, last_step: int) -> None:
     """Drops JSONL lines whose "step" is after `last_step` (written after the checkpoint a run
     resumes from)."""
     if not path.exists():
@@ -87,10 +87,10 @@ def run_loop(step_fn: Callable, state, batches: Iterator[dict], *, checkpointer:
                              f"set steps >= {start} to go on")
         restore_data(data)
         if main:
-            _trim_metrics(metrics_path, start)
+            _trim_steps(metrics_path, start)
             log(f"resumed from {checkpointer.directory / str(start)} (step {start} of {total_steps})")
     for path in step_files:  # rows of steps after the checkpoint (all rows on a fresh start) go
-        _trim_metrics(Path(path), start)
+        _trim_steps(Path(path), start)
     end = total_steps if stop_after is None else min(total_steps, start + stop_after)
     history, pending, status = [], None, "done" if end == total_steps else "stopped"
     writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
