@@ -233,7 +233,7 @@ def _sft_programs(raw, cfg, mesh, params, n_dev):
 def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
     from grm_jax.sampling import Temperature, bucket
     from grm_jax.train.grpo import GRPOConfig
-    from grm_jax.train.grpo_run import endogenous_reward_program, reference_program, update_program
+    from grm_jax.train.grpo_run import endogenous_reward_program, reference_inputs, reference_program, update_program
     from grm_jax.train.optim import make_optimizer
 
     run = from_dict(GRPOConfig, raw)
@@ -246,11 +246,22 @@ def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
     reward_model = run.reward == "endogenous" and bool(run.reward_model)
     extra = p_bytes if reward_model else 0  # a separate endogenous reward model stays loaded
 
+    def samples_batch(rows: int, **dtypes) -> dict:
+        """Arrays of `rows` samples: prompt + response rows of T, or with shared_prompt the
+        responses alone (`new`) and their rows // G prompts (T_p) apart."""
+        if not run.shared_prompt:
+            return _batch(mesh, rows, T, **dtypes)
+        return {**_batch(mesh, rows // G, T_p, prompt_tokens=jnp.int32, prompt_positions=jnp.int32),
+                **_batch(mesh, rows, new, **dtypes)}
+
+    def model_flops(flops, rows: int) -> float:
+        return flops(cfg, rows, new) + flops(cfg, rows // G, T_p) if run.shared_prompt else flops(cfg, rows, T)
+
     def ref_for(c: ModelConfig, companion: bool, rows: int):
         r = _companion(run, T) if companion else run
         p, _ = abstract_sharded_params(c, mesh)
-        b = _batch(mesh, rows, T, tokens=jnp.int32, positions=jnp.int32)
-        return reference_program(c, r, mesh), (p, b["tokens"], b["positions"])
+        b = samples_batch(rows, tokens=jnp.int32, positions=jnp.int32)
+        return reference_program(c, r, mesh), (p, *(b[k] for k in reference_inputs(r)))
 
     def reward_for(c: ModelConfig, companion: bool, rows: int):
         r = _companion(run, T) if companion else run
@@ -262,8 +273,8 @@ def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
         r = _companion(run, T) if companion else run
         p, _ = abstract_sharded_params(c, mesh)
         s = abstract_train_state(p, optimizer, mesh)
-        b = _batch(mesh, rows, T, tokens=jnp.int32, positions=jnp.int32, mask=jnp.int32, old_logp=jnp.float32,
-                   ref_logp=jnp.float32)
+        b = samples_batch(rows, tokens=jnp.int32, positions=jnp.int32, mask=jnp.int32, old_logp=jnp.float32,
+                          ref_logp=jnp.float32)
         b["adv"] = _sds((rows,), jnp.float32, batch_sharding(mesh, (rows,)))
         return update_program(c, r, mesh, optimizer), (s, b)
 
@@ -272,7 +283,7 @@ def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
                                  run.decode_layout)]
     ref = ref_for(cfg, False, R)
     programs.append(Program("grpo reference log-probs", "reference/reward forward", *ref,
-                            F.forward_flops(cfg, R, T) / n_dev, p_bytes + opt_bytes + extra,
+                            model_flops(F.forward_flops, R) / n_dev, p_bytes + opt_bytes + extra,
                             lambda c: [(*ref_for(c, True, _micro(R, accum)), accum)]))
     if run.reward == "endogenous":
         rew = reward_for(cfg, False, R)
@@ -280,7 +291,7 @@ def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
                                 F.forward_flops(cfg, R, T) / n_dev, 2 * p_bytes + opt_bytes - (0 if extra else p_bytes),
                                 lambda c: [(*reward_for(c, True, _micro(R, accum)), accum, (T,))], static=(T,)))
     upd = update_for(cfg, False, R)
-    programs.append(Program("grpo update step", "update", *upd, F.train_flops(cfg, R, T) * run.inner_iters / n_dev,
+    programs.append(Program("grpo update step", "update", *upd, model_flops(F.train_flops, R) * run.inner_iters / n_dev,
                             p_bytes + extra, lambda c: [(*update_for(c, True, _micro(R, accum)), accum)]))
     return programs
 

@@ -68,6 +68,22 @@ def test_sft_and_grpo_compile_with_compiler_figures(tmp_path, small_model, capsy
         assert by_name[name]["estimated_bytes"] >= by_name[name]["total_bytes"], by_name[name]
 
 
+def test_grpo_with_shared_prompts_compiles_with_fewer_flops(small_model):
+    """`shared_prompt`: the reference forward and the update run each prompt once (its responses
+    over a copy of its KV cache); they compile for the TPU, the compiler's loop-counted FLOPs near
+    the model's, which are under half those of prompt + response rows here."""
+    cfg = from_hf_config(small_model / "config.json").replace(attention_impl="xla")
+    mesh = aot.topology_mesh(aot.get_topology(TOPOLOGY), {"data": 4, "fsdp": 1, "tensor": 1})
+    raw = {"model": str(small_model), "reward": "math", "prompts_per_step": 8, "group_size": 4,
+           "max_new_tokens": 128, "max_prompt_length": 512, "optim": {"grad_accum": 2}}
+    wanted = ("grpo reference log-probs", "grpo update step")
+    rows, shared = ({p.name: p for p in aot.build_programs("grpo", dict(raw, shared_prompt=s), cfg, mesh)
+                     if p.name in wanted} for s in (False, True))
+    for compiled in aot.compile_programs([shared[n] for n in wanted], cfg, progress=False):
+        assert compiled.error is None and 0.7 < compiled.flops / compiled.model_flops < 1.5, compiled
+        assert compiled.model_flops < 0.5 * rows[compiled.name].model_flops, compiled.name
+
+
 @pytest.mark.parametrize("mesh_shape", [{"data": 4, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 4, "tensor": 1}])
 def test_decode_step_moves_the_weights_and_live_cache_once(tmp_path, mesh_shape):
     """The compiled sampler's decode loops (xla attention over each layer's own cache buffer,

@@ -9,8 +9,9 @@ from grm_jax.config import load_config
 from grm_jax.rewards.grm import MULTI
 from grm_jax.rewards.rules import final_answer, grm_rule_reward, math_answer_reward, token_rate_reward
 from grm_jax.sampling import Samples
-from grm_jax.train.grpo import GRPOConfig, build_batch
+from grm_jax.train.grpo import GRPOConfig, build_batch, build_shared_batch
 from grm_jax.train.grpo_run import run_grpo
+from grm_jax.train.optim import OptimConfig
 
 
 def _prompts(path, n=8, answer=False):
@@ -67,6 +68,82 @@ def test_batch_aligns_old_logprobs_with_the_response_tokens():
     np.testing.assert_array_equal(b["positions"][1, :6], [0, 1, 2, 3, 4, -1])
 
 
+def test_shared_batch_holds_each_prompt_once_left_padded():
+    s = Samples(tokens=np.asarray([[7, 8, 2], [9, 2, 0], [4, 2, 0], [5, 6, 2]]), lengths=np.asarray([3, 2, 2, 3]),
+                logprobs=np.asarray([[-1.0, -2.0, -3.0], [-4.0, -5.0, 0.0], [-6.0, -7.0, 0.0], [-8.0, -9.0, -1.5]],
+                                    np.float32), stopped=np.asarray([True, True, True, True]))
+    b = build_shared_batch([[1, 5, 6], [3, 4]], s, group_size=2)
+    assert b["prompt_tokens"].shape == (2, 16) and b["tokens"].shape == (4, 16)
+    np.testing.assert_array_equal(b["prompt_tokens"][1, -3:], [0, 3, 4])
+    np.testing.assert_array_equal(b["prompt_positions"][1, -3:], [-1, 0, 1])
+    np.testing.assert_array_equal(b["prompt_positions"][0, -3:], [0, 1, 2])
+    np.testing.assert_array_equal(b["tokens"][1, :3], [9, 2, 0])
+    np.testing.assert_array_equal(b["positions"][1, :3], [3, 4, -1])   # continuing prompt 0 (3 tokens)
+    np.testing.assert_array_equal(b["positions"][3, :4], [2, 3, 4, -1])  # continuing prompt 1 (2 tokens)
+    np.testing.assert_array_equal(b["mask"][2, :3], [1, 1, 0])
+    np.testing.assert_array_equal(b["old_logp"][3, :3], [-8.0, -9.0, -1.5])
+    with pytest.raises(ValueError, match="2 per prompt"):
+        build_shared_batch([[1, 5, 6]], s, group_size=2)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
+def test_shared_prompt_logprobs_equal_prompt_plus_response_rows(family, hf_models):
+    """Each prompt run once, its G responses over a copy of its KV cache: the log-probs and their
+    gradients of the G rows prompt + response (Gemma 3: sliding windows of 8 across the prompt's
+    end), scanned and unrolled."""
+    import jax
+    import jax.numpy as jnp
+
+    from grm_jax.loading import load_any
+    from grm_jax.models.logprobs import shared_prompt_logprobs, token_logprobs
+
+    cfg, params, _ = load_any(hf_models(family)[0], progress=False)
+    rng = np.random.default_rng(1)
+    P, G = 3, 4
+    prompts = [list(rng.integers(3, cfg.vocab_size, n)) for n in (5, 11, 8)]
+    responses = [rng.integers(3, cfg.vocab_size, n) for n in rng.integers(1, 10, P * G)]
+    s = Samples(tokens=np.stack([np.pad(r, (0, 10 - len(r))) for r in responses]),
+                lengths=np.asarray([len(r) for r in responses]),
+                logprobs=np.zeros((P * G, 10), np.float32), stopped=np.ones(P * G, bool))
+    rows, shared = build_batch(prompts, s, G), build_shared_batch(prompts, s, G)
+    weights = rng.normal(size=shared["tokens"].shape).astype(np.float32) * shared["mask"]
+    at = [(r, len(prompts[r // G]) + j, j) for r in range(P * G) for j in range(len(responses[r]))]
+    r_i, t_i, j_i = (np.asarray(x) for x in zip(*at))
+
+    for unrolled in (False, True):
+        def of_rows(p):
+            lp = token_logprobs(p, cfg, rows["tokens"], rows["positions"], unrolled=unrolled)
+            return (lp[r_i, t_i] * weights[r_i, j_i]).sum(), lp[r_i, t_i]
+
+        def of_shared(p):
+            lp = shared_prompt_logprobs(p, cfg, shared["prompt_tokens"], shared["prompt_positions"],
+                                        shared["tokens"], shared["positions"], G, unrolled=unrolled)
+            return (lp * weights).sum(), lp[r_i, j_i]
+
+        (_, want), g_want = jax.jit(jax.value_and_grad(of_rows, has_aux=True))(params)
+        (_, got), g_got = jax.jit(jax.value_and_grad(of_shared, has_aux=True))(params)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+            scale = float(jnp.abs(b).max()) + 1e-6
+            assert float(jnp.abs(a - b).max()) <= 1e-5 * max(1.0, scale), (family, unrolled)
+
+
+def test_grpo_with_shared_prompts_takes_the_steps_of_prompt_plus_response_rows(tmp_path, chat_model):
+    """`shared_prompt` changes how the log-probs are computed, not what they are: one step from the
+    same state draws the same samples and gives the same loss, gradient norm and entropy as the
+    default layout, and the reference forward (the KL of step 2) agrees too."""
+    data = _prompts(tmp_path / "p.jsonl")
+    args = ("reward=token_rate", "reward_target=160", "steps=2", "optim.lr=1e-3", "max_new_tokens=12")
+    _, rows = run_grpo(_cfg(chat_model, data, tmp_path / "rows", *args), progress=False, log=lambda *_: None)
+    _, shared = run_grpo(_cfg(chat_model, data, tmp_path / "shared", *args, "shared_prompt=true"), progress=False,
+                         log=lambda *_: None)
+    for a, b in zip(rows, shared):
+        assert a["reward_mean"] == b["reward_mean"] and a["response_length"] == b["response_length"]
+        for key in ("loss", "grad_norm", "entropy_estimate", "kl", "ratio_mean"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-7, err_msg=key)
+    assert shared[1]["kl"] > 0
+
+
 def test_rule_rewards():
     assert math_answer_reward("so the answer is \\boxed{1/2}", "0.5") == 1.0
     assert math_answer_reward("2 + 3 = 5", "5") == 1.0 and math_answer_reward("it is 1,000", "1000") == 1.0
@@ -86,6 +163,11 @@ def test_bad_grpo_configs():
         GRPOConfig(model="m", data="d", out="o", reward="bleu")
     with pytest.raises(ValueError, match="group_size"):
         GRPOConfig(model="m", data="d", out="o", group_size=1)
+    with pytest.raises(ValueError, match="sequence_sum"):
+        GRPOConfig(model="m", data="d", out="o", shared_prompt=True, aggregation="sequence_sum")
+    with pytest.raises(ValueError, match="prompts_per_step must split"):
+        GRPOConfig(model="m", data="d", out="o", shared_prompt=True, prompts_per_step=3, group_size=4,
+                   optim=OptimConfig(grad_accum=4))
 
 
 def test_grpo_on_grm_items_with_the_eq10_rule(tmp_path, grm_model):

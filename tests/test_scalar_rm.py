@@ -7,10 +7,14 @@ import optax
 import pytest
 
 from grm_jax.hf import load_hf
+from grm_jax.hf.tiny import TINY
 from grm_jax.models.value_head import init_value_head, last_token_values
 from grm_jax.train.model_checkpoint import load_model, save_model
 from grm_jax.train.losses import binary_cross_entropy_loss, bradley_terry_loss
 from grm_jax.train.scalar_rm import init_state, load_value_head, make_train_step
+
+
+FAMILIES = tuple(TINY)
 
 
 def _rows(rng, vocab, n, last, T=12):
@@ -62,6 +66,23 @@ def test_unrolled_values_and_steps_equal_the_scanned_ones(hf_models):
         for u in (False, True)]
     for key in ("loss", "grad_norm"):
         assert abs(float(metrics[0][key]) - float(metrics[1][key])) < 1e-5, key
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_last_layer_at_one_token_equals_the_whole_forward(family, hf_models):
+    """`hidden_at_B`: the unrolled decoder's last layer run at one position per row (queries,
+    attention output, MLP, Gemma's extra norms) gives the full forward's hidden state there, on
+    rows longer than the sliding windows (8)."""
+    from grm_jax.models.decoder import Decoder, unstack_layers
+
+    cfg, params = load_hf(hf_models(family)[0], progress=False)
+    tokens, positions = (jnp.asarray(x) for x in _rows(np.random.default_rng(3), cfg.vocab_size, 4, last=10, T=20))
+    at = jnp.asarray([3, 19, 11, 0])
+    whole, _ = Decoder(cfg).apply({"params": params}, tokens, positions, hidden_only=True)
+    one, _ = Decoder(cfg, unrolled=True).apply({"params": unstack_layers(params)}, tokens, positions,
+                                               hidden_only=True, hidden_at_B=at)
+    assert one.shape == (4, cfg.embed_dim)
+    np.testing.assert_allclose(np.asarray(one), np.asarray(whole)[np.arange(4), np.asarray(at)], atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["bt", "bce"])

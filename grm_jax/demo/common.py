@@ -93,7 +93,8 @@ class DemoRun:
         cfg = GRPOConfig(model=str(model), data=str(data), out=str(self.out / name), reward=reward,
                          grm_format="multi", grm_template=GRM_TEMPLATE, steps=steps, prompts_per_step=prompts,
                          group_size=group_size, max_new_tokens=max_new_tokens, max_prompt_length=256,
-                         temperature=1.0, unroll_layers=True, beta=beta, seed=c.seed, save_every=steps, keep=1,
+                         temperature=1.0, unroll_layers=True, shared_prompt=True, beta=beta, seed=c.seed,
+                         save_every=steps, keep=1,
                          optim=OptimConfig(lr=lr, total_steps=steps, schedule="constant", b2=0.99))
         summary, history = run_grpo(cfg, progress=self.progress, log=self.log)
         if summary["status"] != "done":

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from grm_jax.models.config import SLIDING, ModelConfig, dtype_of
-from grm_jax.models.layers import Attention, Mlp, RMSNorm, _param, rope_tables
+from grm_jax.models.layers import Attention, Mlp, RMSNorm, _param, rope_tables, take_rows
 from grm_jax.sharding import constrain
 
 Cache = dict
@@ -72,7 +72,9 @@ class Block(nn.Module):
     fresh: bool = False
 
     @nn.compact
-    def __call__(self, carry, xs, shared):
+    def __call__(self, carry, xs, shared, at_B=None):
+        """`at_B` [B]: the block's output only at position index at_B of each row ([B, 1, D]; the
+        keys and values still come from every position)."""
         cfg = self.config
         x_BTD, kv_LBKSH = carry
         is_sliding, layer = xs
@@ -90,9 +92,11 @@ class Block(nn.Module):
 
         h = norm("pre_attn_norm")(x_BTD)
         h, kv = Attention(cfg, self.mesh, name="attn")(h, cos_sin, mask_BTS, kv, start,
-                                                       positions_BT, is_sliding, self.fresh)
+                                                       positions_BT, is_sliding, self.fresh, at_B)
         if cfg.sandwich_norms:
             h = norm("post_attn_norm")(h)
+        if at_B is not None:
+            x_BTD = take_rows(x_BTD, at_B)
         x_BTD = x_BTD + h
         h = Mlp(cfg, self.mesh, name="mlp")(norm("pre_mlp_norm")(x_BTD))
         if cfg.sandwich_norms:
@@ -119,7 +123,8 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, cache: Cache | None = None, *,
-                 hidden_only: bool = False, fresh_cache: bool = False, read_slots: int | None = None):
+                 hidden_only: bool = False, fresh_cache: bool = False, read_slots: int | None = None,
+                 hidden_at_B: jax.Array | None = None):
         """Runs the model on `tokens_BT` placed at cache slots [cache.end, cache.end + T).
 
         Args:
@@ -133,15 +138,20 @@ class Decoder(nn.Module):
             can run), the cache is still written.
           read_slots: attend over the cache's first `read_slots` slots only (static): the
             caller promises every query's slot is below it (the sampler's decode phases).
+          hidden_at_B: with `hidden_only` and no cache, the final hidden state only at position
+            index hidden_at_B[b] of each row (a value head's token): the unrolled decoder then
+            runs the last layer's queries, attention output and MLP at those positions alone.
 
         Returns:
           (logits [B, T, V] in float32, the updated cache or None); with `hidden_only`, the
-          final-norm hidden states [B, T, D] in place of the logits.
+          final-norm hidden states [B, T, D] in place of the logits ([B, D] with `hidden_at_B`).
         """
         cfg = self.config
         B, T = tokens_BT.shape
         dtype, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
         use_cache = cache is not None
+        if hidden_at_B is not None and (use_cache or not hidden_only):
+            raise ValueError("hidden_at_B needs hidden_only=True and no cache")
         per_layer = use_cache and isinstance(cache["k"], (tuple, list))
         if per_layer and not self.unrolled:
             raise ValueError("a per-layer cache needs Decoder(unrolled=True)")
@@ -181,8 +191,9 @@ class Decoder(nn.Module):
             for layer in range(cfg.num_layers):
                 # A per-layer cache hands the block its own buffers (layer index None).
                 layer_kv = (kv[0][layer], kv[1][layer]) if per_layer else kv
+                at_B = hidden_at_B if layer == cfg.num_layers - 1 else None
                 (x_BTD, layer_kv), _ = block(cfg, self.mesh, fresh_cache, name=f"layer_{layer}")(
-                    (x_BTD, layer_kv), (is_sliding_L[layer], None if per_layer else layer), shared)
+                    (x_BTD, layer_kv), (is_sliding_L[layer], None if per_layer else layer), shared, at_B)
                 if per_layer:
                     new_k.append(layer_kv[0])
                     new_v.append(layer_kv[1])
@@ -197,13 +208,15 @@ class Decoder(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"})
             (x_BTD, kv), _ = stack(cfg, self.mesh, fresh_cache, name="layers")(
                 (x_BTD, kv), (is_sliding_L, jnp.arange(cfg.num_layers)), shared)
+            if hidden_at_B is not None:  # a scan runs every layer alike
+                x_BTD = take_rows(x_BTD, hidden_at_B)
 
         h_BTD = RMSNorm(cfg.norm_eps, cfg.norm_plus_one, cfg.param_dtype, name="final_norm")(x_BTD)
         new_cache = None
         if use_cache:
             new_cache = {"k": kv[0], "v": kv[1], "positions": key_positions_BS, "end": start + T}
         if hidden_only:
-            return h_BTD, new_cache
+            return (h_BTD[:, 0] if hidden_at_B is not None else h_BTD), new_cache
         head = embedding_VD if cfg.tie_embeddings else _param(
             self, "lm_head", ("embed", "vocab"), (cfg.embed_dim, cfg.vocab_size), pdt)
         logits_BTV = constrain(_logits(cfg, h_BTD, head), ("batch", "length", "vocab"), self.mesh)

@@ -112,6 +112,12 @@ def rope_tables(positions_BT: jax.Array, rope: RopeConfig, head_dim: int, dtype)
     return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
 
 
+def take_rows(x_BT, at_B: jax.Array):
+    """x[b, at_B[b]] of each row b, keeping a length axis of 1: [B, T, ...] -> [B, 1, ...]."""
+    at = at_B.reshape((-1,) + (1,) * (x_BT.ndim - 1))
+    return jnp.take_along_axis(x_BT, at, axis=1)
+
+
 def apply_rope(x_BTnH: jax.Array, cos_BTh: jax.Array, sin_BTh: jax.Array) -> jax.Array:
     """Rotates halves (transformers' `rotate_half` layout) of x [B, T, heads, H]."""
     x1, x2 = jnp.split(x_BTnH, 2, axis=-1)
@@ -160,25 +166,29 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, cos_sin, mask_BTS, kv, start, positions_BT=None, is_sliding=False,
-                 fresh=False):
+                 fresh=False, at_B=None):
+        """`at_B` [B] (no cache): only the query at position index at_B of each row, output [B, 1, D]."""
         cfg = self.config
         D, N, K, H = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dtype = dtype_of(cfg.dtype)
 
-        def project(name, heads, heads_axis):
+        def project(name, heads, heads_axis, x):
             return Linear((D, heads, H), ("embed", heads_axis, "head_dim"), 2,
-                          cfg.qkv_bias, cfg.dtype, cfg.param_dtype, name=name)(x_BTD)
+                          cfg.qkv_bias, cfg.dtype, cfg.param_dtype, name=name)(x)
 
-        q_BTNH = project("q_proj", N, "heads")
-        k_BTKH = project("k_proj", K, "kv_heads")
-        v_BTKH = project("v_proj", K, "kv_heads")
+        cos, sin = cos_sin
+        q_cos, q_sin, q_x = cos, sin, x_BTD
+        if at_B is not None:
+            q_cos, q_sin, q_x, mask_BTS = (take_rows(a, at_B) for a in (cos, sin, x_BTD, mask_BTS))
+        q_BTNH = project("q_proj", N, "heads", q_x)
+        k_BTKH = project("k_proj", K, "kv_heads", x_BTD)
+        v_BTKH = project("v_proj", K, "kv_heads", x_BTD)
         if cfg.qk_norm:
             norm = functools.partial(RMSNorm, cfg.norm_eps, cfg.norm_plus_one, cfg.param_dtype,
                                      axis_name="head_dim")
             q_BTNH = norm(name="q_norm")(q_BTNH)
             k_BTKH = norm(name="k_norm")(k_BTKH)
-        cos, sin = cos_sin
-        q_BTNH = apply_rope(q_BTNH, cos, sin)
+        q_BTNH = apply_rope(q_BTNH, q_cos, q_sin)
         k_BTKH = apply_rope(k_BTKH, cos, sin)
         q_BTNH = constrain(q_BTNH, ("batch", "length", "heads", "head_dim"), self.mesh)
 
@@ -213,6 +223,8 @@ class Attention(nn.Module):
             k_BKSH, v_BKSH, mask_BTS = k_BKTH, v_BKTH, mask_BTS[:, :, :T]
         elif impl in ("splash", "cudnn"):
             impl = "xla"  # a step over a filled cache
+        if at_B is not None and impl == "splash":
+            impl = "xla"  # one query per row: nothing for the kernel's blocks to skip
         k_BKSH, v_BKSH = k_BKSH.astype(dtype), v_BKSH.astype(dtype)
         if impl == "splash":
             def run(window):

@@ -44,7 +44,7 @@ def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, position
       so log π(tokens[t+1] | tokens[:t+1]) = (q[t] - v[t]) / α. With a window, column j is
       position p = starts_B - 1 + j (clipped to the row): q[j] is the logit of token p + 1.
     """
-    B, T = tokens_BT.shape
+    T = tokens_BT.shape[1]
     if unrolled:
         h_BTD, _ = Decoder(config, mesh, unrolled=True, remat=remat).apply(
             {"params": unstack_layers(params)}, tokens_BT, positions_BT, hidden_only=True)
@@ -60,28 +60,35 @@ def next_token_stats(params, config: ModelConfig, tokens_BT: jax.Array, position
         next_BT = jnp.take_along_axis(next_BT, at_BW, axis=1)
         last = at_BW == T - 1
         T = W
+    q_BT, v_BT = target_stats(params, config, h_BTD, next_BT, alpha=alpha, chunk=chunk, mesh=mesh)
+    if last is None:
+        return q_BT.at[:, -1].set(0.0), v_BT
+    return jnp.where(last, 0.0, q_BT), v_BT
+
+
+def target_stats(params, config: ModelConfig, h_BTD: jax.Array, targets_BT: jax.Array, *, alpha: float = 1.0,
+                 chunk: int = 512, mesh: Mesh | None = None):
+    """(q, v) [B, T] float32 of the logits that the LM head makes of final hidden states `h_BTD`:
+    q = the logit of `targets_BT`, v = α·logsumexp(logits / α), `chunk` positions at a time."""
+    B, T = targets_BT.shape
     C = min(chunk, T)
     n = -(-T // C)
     pad = n * C - T
     h_BTD = jnp.pad(h_BTD, ((0, 0), (0, pad), (0, 0)))
-    next_BT = jnp.pad(next_BT, ((0, 0), (0, pad)))
+    targets_BT = jnp.pad(targets_BT, ((0, 0), (0, pad)))
     h_nBCD = h_BTD.reshape(B, n, C, -1).swapaxes(0, 1)
-    next_nBC = next_BT.reshape(B, n, C).swapaxes(0, 1)
+    targets_nBC = targets_BT.reshape(B, n, C).swapaxes(0, 1)
 
     @jax.checkpoint  # under grad, recompute each chunk's logits rather than keeping them all
     def one(args):
-        h_BCD, next_BC = args
+        h_BCD, targets_BC = args
         logits_BCV = constrain(lm_head_logits(params, config, h_BCD), ("batch", "length", "vocab"), mesh)
-        q_BC = jnp.take_along_axis(logits_BCV, next_BC[..., None], axis=-1)[..., 0]
+        q_BC = jnp.take_along_axis(logits_BCV, targets_BC[..., None], axis=-1)[..., 0]
         v_BC = alpha * jax.nn.logsumexp(logits_BCV / alpha, axis=-1)
         return q_BC, v_BC
 
-    q_nBC, v_nBC = jax.lax.map(one, (h_nBCD, next_nBC))
-    q_BT = q_nBC.swapaxes(0, 1).reshape(B, n * C)[:, :T]
-    v_BT = v_nBC.swapaxes(0, 1).reshape(B, n * C)[:, :T]
-    if last is None:
-        return q_BT.at[:, -1].set(0.0), v_BT
-    return jnp.where(last, 0.0, q_BT), v_BT
+    q_nBC, v_nBC = jax.lax.map(one, (h_nBCD, targets_nBC))
+    return (q_nBC.swapaxes(0, 1).reshape(B, n * C)[:, :T], v_nBC.swapaxes(0, 1).reshape(B, n * C)[:, :T])
 
 
 def token_logprobs(params, config: ModelConfig, tokens_BT, positions_BT, *, chunk: int = 512,
@@ -91,3 +98,45 @@ def token_logprobs(params, config: ModelConfig, tokens_BT, positions_BT, *, chun
                                   unrolled=unrolled, remat=remat)
     logp_BT = q_BT - v_BT
     return jnp.concatenate([jnp.zeros_like(logp_BT[:, :1]), logp_BT[:, :-1]], axis=1)
+
+
+def shared_prompt_logprobs(params, config: ModelConfig, prompt_tokens_PT, prompt_positions_PT, tokens_RN,
+                           positions_RN, group_size: int, *, chunk: int = 512, mesh: Mesh | None = None,
+                           unrolled: bool = False, remat: bool = False) -> jax.Array:
+    """log π(response token | its prompt, the tokens before it): [R, N] (0 at padding), for R = P·G
+    responses whose rows r·G … r·G + G − 1 continue prompt r — the log-probs `token_logprobs` gives
+    the rows prompt + response, with each prompt run once rather than G times.
+
+    The prompts ([P, Tp], left-padded, negative position = padding) run first and leave their keys
+    and values in a KV cache; the cache is repeated G times along the batch and the responses
+    ([R, N], right-padded, positions continuing their prompt's: len(prompt), …) run over it, each
+    attending to its prompt's real tokens and its own earlier tokens (attention is causal over
+    cache slots; left-padded prompts keep slots and positions a constant offset apart, so sliding
+    windows hold too). A response's first token is scored from its prompt's last hidden state.
+    Under a gradient, a prompt's G responses add up their gradients through the shared cache.
+    """
+    from grm_jax.models.decoder import init_cache
+
+    P, Tp = prompt_tokens_PT.shape
+    R, N = tokens_RN.shape
+    if R != P * group_size:
+        raise ValueError(f"{R} responses are not {group_size} per prompt of {P}")
+    decoder = Decoder(config, mesh, unrolled=unrolled, remat=remat)
+    variables = {"params": unstack_layers(params) if unrolled else params}
+    cache = init_cache(config, P, Tp + N, per_layer=unrolled)
+    h_PTD, cache = decoder.apply(variables, prompt_tokens_PT, prompt_positions_PT, cache, hidden_only=True,
+                                 fresh_cache=True)
+    batch_axis = 0 if unrolled else 1  # per-layer buffers [B, K, S, H]; a stack [L, B, K, S, H]
+
+    def repeat(x, axis):
+        return jnp.repeat(x, group_size, axis=axis)
+
+    cache = {"k": jax.tree.map(lambda x: repeat(x, batch_axis), cache["k"]),
+             "v": jax.tree.map(lambda x: repeat(x, batch_axis), cache["v"]),
+             "positions": repeat(cache["positions"], 0), "end": cache["end"]}
+    h_RND, _ = decoder.apply(variables, tokens_RN, positions_RN, cache, hidden_only=True)
+    last_P = jnp.argmax(prompt_positions_PT, axis=1)  # the prompt's last real token
+    h_last_RD = repeat(jnp.take_along_axis(h_PTD, last_P[:, None, None], axis=1)[:, 0], 0)
+    h_prev_RND = jnp.concatenate([h_last_RD[:, None].astype(h_RND.dtype), h_RND[:, :-1]], axis=1)
+    q_RN, v_RN = target_stats(params, config, h_prev_RND, tokens_RN, chunk=chunk, mesh=mesh)
+    return jnp.where(positions_RN >= 0, q_RN - v_RN, 0.0)

@@ -25,12 +25,9 @@ def last_token_values(params, head: dict, config: ModelConfig, tokens_BT, positi
                       mesh: Mesh | None = None, unrolled: bool = False) -> jax.Array:
     """Value [B] at each row's last real token (the one with the largest position). `unrolled`
     runs the layers as a Python loop over slices of the stacked params (faster on CPU for small
-    models; the same function)."""
-    if unrolled:
-        h_BTD, _ = Decoder(config, mesh, unrolled=True).apply({"params": unstack_layers(params)}, tokens_BT,
-                                                             positions_BT, hidden_only=True)
-    else:
-        h_BTD, _ = Decoder(config, mesh).apply({"params": params}, tokens_BT, positions_BT, hidden_only=True)
+    models; the same function), and the last layer at that token alone (`hidden_at_B`)."""
     last_B = jnp.argmax(positions_BT, axis=1)
-    h_BD = jnp.take_along_axis(h_BTD, last_B[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-    return h_BD @ head["kernel"] + head["bias"]
+    variables = {"params": unstack_layers(params) if unrolled else params}
+    h_BD, _ = Decoder(config, mesh, unrolled=unrolled).apply(variables, tokens_BT, positions_BT, hidden_only=True,
+                                                             hidden_at_B=last_B)
+    return h_BD.astype(jnp.float32) @ head["kernel"] + head["bias"]

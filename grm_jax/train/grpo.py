@@ -24,7 +24,7 @@ from omegaconf import MISSING
 
 from grm_jax.config import validate
 from grm_jax.models.config import ModelConfig
-from grm_jax.models.logprobs import token_logprobs
+from grm_jax.models.logprobs import shared_prompt_logprobs, token_logprobs
 from grm_jax.train.optim import OptimConfig
 from grm_jax.train.rl import clipped_surrogate, kl_estimate
 
@@ -55,6 +55,10 @@ class GRPOConfig:
     unroll_layers: bool = False
     decode_layout: str = "tensor"        # sampler's layout: tensor (reshard once per step) | train (see sharding.decode_mesh)
     remat: bool = False                  # recompute each layer in the backward pass (long sequences, big models)
+    # Run each prompt once per step, not once per sample: its G responses attend to one KV cache
+    # of it (`shared_prompt_logprobs`; the same log-probs, about (Tp + G·N) / (G·(Tp + N)) of the
+    # tokens). Our extension, for speed; off, every sample is a row prompt + response.
+    shared_prompt: bool = False
     data_shards: Optional[int] = None    # prompt shards (default: one per process); see grpo_run
     inner_iters: int = 1
     eps: float = 0.2
@@ -75,13 +79,28 @@ class GRPOConfig:
         validate(self)
         if self.prompts_per_step * self.group_size % self.optim.grad_accum:
             raise ValueError("prompts_per_step * group_size must split into optim.grad_accum microbatches")
+        if self.shared_prompt and self.prompts_per_step % self.optim.grad_accum:
+            raise ValueError("with shared_prompt, prompts_per_step must split into optim.grad_accum microbatches")
+        if self.shared_prompt and self.aggregation == "sequence_sum":
+            raise ValueError("shared_prompt does not support aggregation=sequence_sum (its normalizer is the "
+                             "length of a prompt + response row); use sequence_mean or token_mean")
+
+
+def policy_logprobs(params, config: ModelConfig, cfg: GRPOConfig, batch: dict, mesh: Mesh | None = None):
+    """Token log-probs [R, T] of a batch (or microbatch) as `build_batch` or, with
+    `cfg.shared_prompt`, `build_shared_batch` lays it out; 0 where the mask is 0 or before."""
+    if cfg.shared_prompt:
+        return shared_prompt_logprobs(params, config, batch["prompt_tokens"], batch["prompt_positions"],
+                                      batch["tokens"], batch["positions"], cfg.group_size, chunk=cfg.chunk,
+                                      mesh=mesh, unrolled=cfg.unroll_layers, remat=cfg.remat)
+    return token_logprobs(params, config, batch["tokens"], batch["positions"], chunk=cfg.chunk, mesh=mesh,
+                          unrolled=cfg.unroll_layers, remat=cfg.remat)
 
 
 def grpo_loss_fn(config: ModelConfig, cfg: GRPOConfig, mesh: Mesh | None = None):
     """loss(params, microbatch, norm) with norm = {"seqs", "tokens"} of the whole batch."""
     def loss(params, mb, norm):
-        logp_BT = token_logprobs(params, config, mb["tokens"], mb["positions"], chunk=cfg.chunk, mesh=mesh,
-                                 unrolled=cfg.unroll_layers, remat=cfg.remat)
+        logp_BT = policy_logprobs(params, config, cfg, mb, mesh)
         mask = mb["mask"].astype(jnp.float32)
         objective, clipped = clipped_surrogate(logp_BT, mb["old_logp"], mb["adv"], cfg.eps, cfg.eps_high)
         kl_BT = kl_estimate(logp_BT, mb["ref_logp"], cfg.kl)
@@ -133,3 +152,37 @@ def build_batch(prompts: list[list[int]], samples, group_size: int, pad_id: int 
         mask[r, len(p):L] = 1
         old[r, len(p):L] = lp
     return {"tokens": tokens, "positions": positions, "mask": mask, "old_logp": old}
+
+
+def build_shared_batch(prompts: list[list[int]], samples, group_size: int, pad_id: int = 0,
+                       prompt_length: int | None = None, length: int | None = None) -> dict:
+    """The batch of `build_batch` with each prompt once (`GRPOConfig.shared_prompt`): left-padded
+    prompts [P, Tp] ("prompt_tokens", "prompt_positions"), and one row per sample of its response
+    alone [P·G, N] (right-padded "tokens", positions continuing the prompt's, "mask" 1 at every
+    response token, "old_logp"); Tp and N are length buckets of the longest prompt and response (or
+    the lengths given). Left-padding keeps each row's cache slots a constant offset from its
+    positions, so a sliding window over slots is the window over positions."""
+    from grm_jax.sampling import bucket
+
+    P, R = len(prompts), len(samples.lengths)
+    if R != P * group_size:
+        raise ValueError(f"{R} samples are not {group_size} per prompt of {P}")
+    Tp = prompt_length or bucket(max(len(p) for p in prompts), powers_up_to=64)
+    N = length or bucket(max(1, int(max(samples.lengths))))
+    prompt_tokens = np.full((P, Tp), pad_id, np.int32)
+    prompt_positions = np.full((P, Tp), -1, np.int32)
+    for i, p in enumerate(prompts):
+        prompt_tokens[i, Tp - len(p):] = p
+        prompt_positions[i, Tp - len(p):] = np.arange(len(p))
+    tokens = np.full((R, N), pad_id, np.int32)
+    positions = np.full((R, N), -1, np.int32)
+    mask = np.zeros((R, N), np.int32)
+    old = np.zeros((R, N), np.float32)
+    for r in range(R):
+        n, start = int(samples.lengths[r]), len(prompts[r // group_size])
+        tokens[r, :n] = samples.tokens[r, :n]
+        positions[r, :n] = start + np.arange(n)
+        mask[r, :n] = 1
+        old[r, :n] = samples.logprobs[r, :n]
+    return {"prompt_tokens": prompt_tokens, "prompt_positions": prompt_positions, "tokens": tokens,
+            "positions": positions, "mask": mask, "old_logp": old}

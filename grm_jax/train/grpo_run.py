@@ -13,8 +13,8 @@ import numpy as np
 
 from grm_jax.data.chat import ChatFormatter, PromptError
 from grm_jax.data.preference import BadRow, DataError, check_prompt, read_row_subset
-from grm_jax.models.logprobs import token_logprobs
-from grm_jax.train.grpo import GRPOConfig, build_batch, grpo_loss_fn, grpo_normalizer
+from grm_jax.train.grpo import (GRPOConfig, build_batch, build_shared_batch, grpo_loss_fn, grpo_normalizer,
+                                policy_logprobs)
 from grm_jax.train.rl import group_advantages
 
 
@@ -137,12 +137,21 @@ def endogenous_reward_program(model_cfg, cfg: GRPOConfig, mesh):
     return fn
 
 
+REFERENCE_INPUTS = ("tokens", "positions")
+SHARED_REFERENCE_INPUTS = ("prompt_tokens", "prompt_positions", "tokens", "positions")
+
+
 def reference_program(model_cfg, cfg: GRPOConfig, mesh):
-    """jitted fn(params, tokens, positions) -> token log-probs under the frozen reference, over
-    `optim.grad_accum` microbatches."""
+    """jitted fn(params, *batch arrays named by `reference_inputs(cfg)`) -> token log-probs under
+    the frozen reference, over `optim.grad_accum` microbatches."""
+    names = reference_inputs(cfg)
+    no_remat = dataclasses.replace(cfg, remat=False)  # no gradient: nothing to rematerialize
     return jax.jit(in_microbatches(
-        lambda p, t, pos: token_logprobs(p, model_cfg, t, pos, chunk=cfg.chunk, mesh=mesh,
-                                         unrolled=cfg.unroll_layers), cfg.optim.grad_accum))
+        lambda p, *xs: policy_logprobs(p, model_cfg, no_remat, dict(zip(names, xs)), mesh), cfg.optim.grad_accum))
+
+
+def reference_inputs(cfg: GRPOConfig) -> tuple[str, ...]:
+    return SHARED_REFERENCE_INPUTS if cfg.shared_prompt else REFERENCE_INPUTS
 
 
 def update_program(model_cfg, cfg: GRPOConfig, mesh, optimizer):
@@ -231,24 +240,38 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
 
     def step_fn(state, batch_prompts):
         t0 = time.perf_counter()
-        s = generate(state.params, model_cfg, [p.ids for p in batch_prompts], strategy=Temperature(cfg.temperature),
+        ids = [p.ids for p in batch_prompts]
+        s = generate(state.params, model_cfg, ids, strategy=Temperature(cfg.temperature),
                      max_new_tokens=cfg.max_new_tokens, stop_tokens=stop, num_samples=G,
                      seed=cfg.seed * 1_000_003 + int(state.step), pad_id=pad, mesh=mesh,
                      layout=cfg.decode_layout)  # unrolled layers: see GRPOConfig.unroll_layers
         t1 = time.perf_counter()
-        longest = max(len(batch_prompts[r // G].ids) + int(n) for r, n in enumerate(s.lengths))
-        batch = build_batch([p.ids for p in batch_prompts], s, G, pad,
-                            length=bucket(distributed.global_max(longest)))  # one T for all processes
-        n_tokens = int(distributed.allgather((batch["positions"] >= 0).sum()).sum())
+
+        def rows():  # prompt + response rows (`build_batch`), one T for all processes
+            longest = max(len(ids[r // G]) + int(n) for r, n in enumerate(s.lengths))
+            return build_batch(ids, s, G, pad, length=bucket(distributed.global_max(longest)))
+
+        if cfg.shared_prompt:  # one Tp and one N for all processes
+            batch = build_shared_batch(ids, s, G, pad,
+                                       prompt_length=bucket(distributed.global_max(max(map(len, ids))), powers_up_to=64),
+                                       length=bucket(distributed.global_max(max(1, int(s.lengths.max())))))
+            real = (batch["positions"] >= 0).sum() + (batch["prompt_positions"] >= 0).sum()
+        else:
+            batch = rows()
+            real = (batch["positions"] >= 0).sum()
+        n_tokens = int(distributed.allgather(real).sum())
         batch = {k: put(v) for k, v in batch.items()}
-        rewards = reward_fn(batch_prompts, s, batch)
+        # The endogenous reward's program reads prompt + response rows.
+        reward_batch = {k: put(v) for k, v in rows().items()} if cfg.shared_prompt and cfg.reward == "endogenous" \
+            else batch
+        rewards = reward_fn(batch_prompts, s, reward_batch)
         if cfg.rollouts:
             with rollouts.open("a") as f:
                 f.writelines(json.dumps(row) + "\n" for row in
                              rollout_rows(int(state.step) + 1, batch_prompts, s, rewards, tokenizer, G))
         batch["adv"] = put(np.asarray(group_advantages(jnp.asarray(rewards), G)))
         t2 = time.perf_counter()
-        batch["ref_logp"] = ref_logp(ref_params, batch["tokens"], batch["positions"])
+        batch["ref_logp"] = ref_logp(ref_params, *(batch[k] for k in reference_inputs(cfg)))
         jax.block_until_ready(batch["ref_logp"])
         t3 = time.perf_counter()
         for _ in range(cfg.inner_iters):
@@ -257,6 +280,8 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
         t4 = time.perf_counter()
         R, T = batch["tokens"].shape
         flops = train_flops(model_cfg, R, T) * cfg.inner_iters
+        if cfg.shared_prompt:  # the prompts' forward and backward (their keys and values read by every response)
+            flops += train_flops(model_cfg, *batch["prompt_tokens"].shape) * cfg.inner_iters
         # Rewards, lengths and stops of the whole global batch, in process order.
         rewards, lengths, stopped = (distributed.allgather(x).reshape(-1) for x in
                                      (rewards, s.lengths.astype(np.float32), s.stopped))
