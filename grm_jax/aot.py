@@ -231,14 +231,14 @@ def _sft_programs(raw, cfg, mesh, params, n_dev):
 
 
 def _grpo_programs(raw, cfg, mesh, params, names, n_dev):
-    from grm_jax.sampling import Temperature, bucket
+    from grm_jax.sampling import Temperature, bucket, prompt_bucket
     from grm_jax.train.grpo import GRPOConfig
     from grm_jax.train.grpo_run import endogenous_reward_program, reference_inputs, reference_program, update_program
     from grm_jax.train.optim import make_optimizer
 
     run = from_dict(GRPOConfig, raw)
     P, G, accum = run.prompts_per_step, run.group_size, run.optim.grad_accum
-    R, T_p, new = P * G, bucket(run.max_prompt_length), run.max_new_tokens
+    R, T_p, new = P * G, prompt_bucket(run.max_prompt_length), run.max_new_tokens
     T = bucket(run.max_prompt_length + new)
     optimizer = make_optimizer(run.optim)
     state = abstract_train_state(params, optimizer, mesh)
@@ -332,11 +332,11 @@ def _sampler_program(name, cfg, mesh, params, prompts_n, T_p, new, samples, stra
 def _judge_programs(raw, cfg, mesh, params):
     """`grm-jax judge`: the sampler over `batch_size` GRM prompts of `max_prompt_length` tokens
     (each of the k samples of an item is its own prompt), `max_new_tokens` each."""
-    from grm_jax.sampling import Greedy, Temperature, bucket
+    from grm_jax.sampling import Greedy, Temperature, prompt_bucket
 
     multiple = mesh.shape["data"] * mesh.shape["fsdp"]
     B = -(-int(raw.get("batch_size", 32)) // multiple) * multiple
-    T_p, new = bucket(int(raw.get("max_prompt_length", 2048))), int(raw.get("max_new_tokens", 512))
+    T_p, new = prompt_bucket(int(raw.get("max_prompt_length", 2048))), int(raw.get("max_new_tokens", 512))
     k, temperature = int(raw.get("k", 8)), float(raw.get("temperature", 0.5))
     strategy = Greedy() if k == 1 else Temperature(temperature)
     return [_sampler_program("judge sample (prefill + decode loop)", cfg, mesh, params, B, T_p, new, 1,

@@ -85,6 +85,41 @@ def test_last_layer_at_one_token_equals_the_whole_forward(family, hf_models):
     np.testing.assert_allclose(np.asarray(one), np.asarray(whole)[np.arange(4), np.asarray(at)], atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
+def test_a_shared_prefix_run_once_gives_the_same_values_and_gradients(family, hf_models):
+    """`prefix`: the rows' common opening runs as one row, the rest of every row over a copy of
+    its KV cache (Gemma 3: sliding windows of 8 reach back into it), scanned and unrolled, with a
+    padding row (values read, then dropped)."""
+    from grm_jax.models.value_head import shared_prefix
+
+    cfg, params = load_hf(hf_models(family)[0], progress=False)
+    head = init_value_head(cfg, jax.random.key(1))
+    tokens, positions = _rows(np.random.default_rng(4), cfg.vocab_size, 4, last=10, T=24)
+    tokens[:, :6] = tokens[0, :6]
+    positions[:, :6] = np.arange(6)
+    tokens[3], positions[3] = 0, -1  # a padding row, as meta_values adds
+    prefix = shared_prefix([t[p >= 0] for t, p in zip(tokens[:3], positions[:3])])
+    assert prefix >= 6
+    tokens, positions = jnp.asarray(tokens), jnp.asarray(positions)
+    for unrolled in (False, True):
+        def values(p, n):
+            return last_token_values(p, head, cfg, tokens, positions, unrolled=unrolled, prefix=n)[:3]
+
+        want, got = values(params, 0), values(params, prefix)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+        g_want, g_got = (jax.grad(lambda p: values(p, n).sum())(params) for n in (0, prefix))
+        for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * max(1.0, float(jnp.abs(b).max())))
+
+
+def test_shared_prefix_stops_before_the_shortest_rows_last_token():
+    from grm_jax.models.value_head import shared_prefix
+
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter row keeps its last token
+    assert shared_prefix([[7], [7, 8]]) == 0 and shared_prefix([]) == 0
+
+
 @pytest.mark.parametrize("loss", ["bt", "bce"])
 def test_steps_learn_a_separable_set(loss, hf_models):
     cfg, params = load_hf(hf_models("qwen2")[0], progress=False)

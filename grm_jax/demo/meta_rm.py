@@ -79,6 +79,7 @@ def fit_meta_rm(init: Path, trajectories, *, steps: int, lr: float, batch_size: 
     from grm_jax.data.pipeline import collate
     from grm_jax.eval.judge import MetaRM, meta_input
     from grm_jax.loading import load_with_tokenizer
+    from grm_jax.models.value_head import shared_prefix
     from grm_jax.rewards.grm import load_template
     from grm_jax.train import scalar_rm
     from grm_jax.train.optim import OptimConfig, make_optimizer
@@ -108,6 +109,8 @@ def fit_meta_rm(init: Path, trajectories, *, steps: int, lr: float, batch_size: 
             yield {"tokens": b["tokens"], "positions": b["positions"], "labels": labels[idx].astype(np.float32)}
 
     opt = make_optimizer(OptimConfig(lr=lr, total_steps=steps, warmup_steps=min(10, steps // 2), b2=0.99))
+    # The meta template's opening (and the GRM prompt's, up to the query) runs once per batch.
+    prefix = shared_prefix([e.ids for e in examples])
     trained, history = scalar_rm.fit(params, cfg, batches(), loss="bce", steps=steps, optimizer=opt,
-                                     seed=seed, progress=progress, desc="meta RM", unrolled=True)
+                                     seed=seed, progress=progress, desc="meta RM", unrolled=True, prefix=prefix)
     return MetaRM(trained["decoder"], trained["head"], cfg, formatter, template), history, labels, tok_dir

@@ -242,8 +242,10 @@ def meta_values(meta: MetaRM, texts: Sequence[str], *, batch_size: int = 32,
 
     from grm_jax.sampling import bucket
 
-    fn = _jitted_values(meta.config, mesh)
+    from grm_jax.models.value_head import shared_prefix
+
     ids = [Encoded(meta.formatter.prompt_ids(t), 0) for t in texts]
+    fn = _jitted_values(meta.config, mesh, shared_prefix([e.ids for e in ids]))
     out = np.zeros(len(ids), np.float32)
     order = sorted(range(len(ids)), key=lambda t: -len(ids[t].ids))
     for start in range(0, len(order), batch_size):
@@ -257,14 +259,16 @@ def meta_values(meta: MetaRM, texts: Sequence[str], *, batch_size: int = 32,
 _VALUE_FNS: dict = {}
 
 
-def _jitted_values(config, mesh):
+def _jitted_values(config, mesh, prefix: int = 0):
+    """jitted fn(params, head, tokens, positions) -> values; every row's first `prefix` tokens the same."""
     import jax
 
     from grm_jax.models.value_head import last_token_values
 
-    key = (config, mesh)
+    key = (config, mesh, prefix)
     if key not in _VALUE_FNS:
-        _VALUE_FNS[key] = jax.jit(lambda p, h, t, pos: last_token_values(p, h, config, t, pos, mesh=mesh))
+        _VALUE_FNS[key] = jax.jit(lambda p, h, t, pos: last_token_values(p, h, config, t, pos, mesh=mesh,
+                                                                         prefix=prefix))
     return _VALUE_FNS[key]
 
 

@@ -45,6 +45,20 @@ def init_cache(config: ModelConfig, batch: int, length: int, dtype=None, *, per_
     return {"k": k, "v": v, "positions": jnp.full((batch, length), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
 
 
+def repeat_cache(cache: Cache, times: int) -> Cache:
+    """`cache` with each row repeated `times` times in place (row r becomes rows r·times …
+    r·times + times − 1): continuations of one prompt reading one copy of its keys and values each."""
+    per_layer = isinstance(cache["k"], (tuple, list))
+    axis = 0 if per_layer else 1  # the batch axis of a per-layer [B, K, S, H] / stacked [L, B, K, S, H] buffer
+
+    def rows(x, axis):
+        return jnp.repeat(x, times, axis=axis)
+
+    return {"k": jax.tree.map(lambda x: rows(x, axis), cache["k"]),
+            "v": jax.tree.map(lambda x: rows(x, axis), cache["v"]),
+            "positions": rows(cache["positions"], 0), "end": cache["end"]}
+
+
 CACHE_LOGICAL_NAMES = {
     "k": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
     "v": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
@@ -138,9 +152,9 @@ class Decoder(nn.Module):
             can run), the cache is still written.
           read_slots: attend over the cache's first `read_slots` slots only (static): the
             caller promises every query's slot is below it (the sampler's decode phases).
-          hidden_at_B: with `hidden_only` and no cache, the final hidden state only at position
-            index hidden_at_B[b] of each row (a value head's token): the unrolled decoder then
-            runs the last layer's queries, attention output and MLP at those positions alone.
+          hidden_at_B: with `hidden_only`, the final hidden state only at index hidden_at_B[b]
+            of each row's new tokens (a value head's token): the unrolled decoder then runs the
+            last layer's queries, attention output and MLP at those tokens alone.
 
         Returns:
           (logits [B, T, V] in float32, the updated cache or None); with `hidden_only`, the
@@ -150,8 +164,8 @@ class Decoder(nn.Module):
         B, T = tokens_BT.shape
         dtype, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
         use_cache = cache is not None
-        if hidden_at_B is not None and (use_cache or not hidden_only):
-            raise ValueError("hidden_at_B needs hidden_only=True and no cache")
+        if hidden_at_B is not None and not hidden_only:
+            raise ValueError("hidden_at_B needs hidden_only=True")
         per_layer = use_cache and isinstance(cache["k"], (tuple, list))
         if per_layer and not self.unrolled:
             raise ValueError("a per-layer cache needs Decoder(unrolled=True)")

@@ -167,7 +167,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x_BTD, cos_sin, mask_BTS, kv, start, positions_BT=None, is_sliding=False,
                  fresh=False, at_B=None):
-        """`at_B` [B] (no cache): only the query at position index at_B of each row, output [B, 1, D]."""
+        """`at_B` [B]: only the query at index at_B of each row's new tokens, output [B, 1, D]."""
         cfg = self.config
         D, N, K, H = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dtype = dtype_of(cfg.dtype)

@@ -115,7 +115,7 @@ def shared_prompt_logprobs(params, config: ModelConfig, prompt_tokens_PT, prompt
     windows hold too). A response's first token is scored from its prompt's last hidden state.
     Under a gradient, a prompt's G responses add up their gradients through the shared cache.
     """
-    from grm_jax.models.decoder import init_cache
+    from grm_jax.models.decoder import init_cache, repeat_cache
 
     P, Tp = prompt_tokens_PT.shape
     R, N = tokens_RN.shape
@@ -126,17 +126,9 @@ def shared_prompt_logprobs(params, config: ModelConfig, prompt_tokens_PT, prompt
     cache = init_cache(config, P, Tp + N, per_layer=unrolled)
     h_PTD, cache = decoder.apply(variables, prompt_tokens_PT, prompt_positions_PT, cache, hidden_only=True,
                                  fresh_cache=True)
-    batch_axis = 0 if unrolled else 1  # per-layer buffers [B, K, S, H]; a stack [L, B, K, S, H]
-
-    def repeat(x, axis):
-        return jnp.repeat(x, group_size, axis=axis)
-
-    cache = {"k": jax.tree.map(lambda x: repeat(x, batch_axis), cache["k"]),
-             "v": jax.tree.map(lambda x: repeat(x, batch_axis), cache["v"]),
-             "positions": repeat(cache["positions"], 0), "end": cache["end"]}
-    h_RND, _ = decoder.apply(variables, tokens_RN, positions_RN, cache, hidden_only=True)
+    h_RND, _ = decoder.apply(variables, tokens_RN, positions_RN, repeat_cache(cache, group_size), hidden_only=True)
     last_P = jnp.argmax(prompt_positions_PT, axis=1)  # the prompt's last real token
-    h_last_RD = repeat(jnp.take_along_axis(h_PTD, last_P[:, None, None], axis=1)[:, 0], 0)
+    h_last_RD = jnp.repeat(jnp.take_along_axis(h_PTD, last_P[:, None, None], axis=1)[:, 0], group_size, axis=0)
     h_prev_RND = jnp.concatenate([h_last_RD[:, None].astype(h_RND.dtype), h_RND[:, :-1]], axis=1)
     q_RN, v_RN = target_stats(params, config, h_prev_RND, tokens_RN, chunk=chunk, mesh=mesh)
     return jnp.where(positions_RN >= 0, q_RN - v_RN, 0.0)

@@ -162,12 +162,12 @@ def build_shared_batch(prompts: list[list[int]], samples, group_size: int, pad_i
     response token, "old_logp"); Tp and N are length buckets of the longest prompt and response (or
     the lengths given). Left-padding keeps each row's cache slots a constant offset from its
     positions, so a sliding window over slots is the window over positions."""
-    from grm_jax.sampling import bucket
+    from grm_jax.sampling import bucket, prompt_bucket
 
     P, R = len(prompts), len(samples.lengths)
     if R != P * group_size:
         raise ValueError(f"{R} samples are not {group_size} per prompt of {P}")
-    Tp = prompt_length or bucket(max(len(p) for p in prompts), powers_up_to=64)
+    Tp = prompt_length or prompt_bucket(max(len(p) for p in prompts))
     N = length or bucket(max(1, int(max(samples.lengths))))
     prompt_tokens = np.full((P, Tp), pad_id, np.int32)
     prompt_positions = np.full((P, Tp), -1, np.int32)

@@ -198,7 +198,7 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
     from grm_jax import distributed
     from grm_jax.data.pipeline import ShardedStream, shard_of
     from grm_jax.loading import load_any
-    from grm_jax.sampling import Temperature, bucket, generate
+    from grm_jax.sampling import Temperature, bucket, generate, prompt_bucket
     from grm_jax.sharding import batch_sharding
     from grm_jax.hf import tokenizer_files
     from grm_jax.train.model_checkpoint import save_model
@@ -253,7 +253,7 @@ def run_grpo(cfg: GRPOConfig, *, progress: bool = True, stop_after: int | None =
 
         if cfg.shared_prompt:  # one Tp and one N for all processes
             batch = build_shared_batch(ids, s, G, pad,
-                                       prompt_length=bucket(distributed.global_max(max(map(len, ids))), powers_up_to=64),
+                                       prompt_length=prompt_bucket(distributed.global_max(max(map(len, ids)))),
                                        length=bucket(distributed.global_max(max(1, int(s.lengths.max())))))
             real = (batch["positions"] >= 0).sum() + (batch["prompt_positions"] >= 0).sum()
         else:

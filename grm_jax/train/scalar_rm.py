@@ -35,9 +35,9 @@ def init_state(decoder_params, head: dict, optimizer: optax.GradientTransformati
     return ScalarRMState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def _loss(params, config, batch, kind, mesh, unrolled):
+def _loss(params, config, batch, kind, mesh, unrolled, prefix):
     values = last_token_values(params["decoder"], params["head"], config, batch["tokens"],
-                               batch["positions"], mesh=mesh, unrolled=unrolled)
+                               batch["positions"], mesh=mesh, unrolled=unrolled, prefix=prefix)
     if kind == "bt":  # rows [0, B) are chosen, [B, 2B) their rejected partners
         chosen, rejected = jnp.split(values, 2)
         return bradley_terry_loss(chosen, rejected), {"accuracy": jnp.mean(chosen > rejected)}
@@ -46,17 +46,19 @@ def _loss(params, config, batch, kind, mesh, unrolled):
 
 
 def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation, loss: str = "bt",
-                    mesh: Mesh | None = None, unrolled: bool = False):
+                    mesh: Mesh | None = None, unrolled: bool = False, prefix: int = 0):
     """A jitted step(state, batch) -> (state, metrics).
 
     batch: "tokens", "positions" [R, T] (negative position = padding); for "bt" R = 2B with the
-    chosen rows first; for "bce" also "labels" [R] in {0, 1}.
+    chosen rows first; for "bce" also "labels" [R] in {0, 1}. `prefix`: the leading tokens every
+    row shares (`last_token_values`).
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
     def step(state: ScalarRMState, batch):
-        (value, aux), grads = jax.value_and_grad(_loss, has_aux=True)(state.params, config, batch, loss, mesh, unrolled)
+        (value, aux), grads = jax.value_and_grad(_loss, has_aux=True)(state.params, config, batch, loss, mesh, unrolled,
+                                                                      prefix)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), **aux}
@@ -81,17 +83,17 @@ def load_value_head(directory: str | Path) -> dict:
 
 def fit(decoder_params, config: ModelConfig, batches, *, loss: str, steps: int, optimizer,
         seed: int = 0, mesh: Mesh | None = None, progress: bool = True, desc: str = "scalar RM",
-        unrolled: bool = False):
+        unrolled: bool = False, prefix: int = 0):
     """Trains decoder + a fresh value head for `steps` batches of `batches` (an iterator of
-    numpy batches as `make_train_step` takes). Returns ({"decoder", "head"} params, per-step
-    metrics)."""
+    numpy batches as `make_train_step` takes; every row's first `prefix` tokens the same).
+    Returns ({"decoder", "head"} params, per-step metrics)."""
     from tqdm.auto import tqdm
 
     from grm_jax.models.value_head import init_value_head
 
     head = init_value_head(config, jax.random.key(seed))
     state = init_state(jax.tree.map(jnp.copy, decoder_params), head, optimizer)
-    step = make_train_step(config, optimizer, loss, mesh, unrolled)
+    step = make_train_step(config, optimizer, loss, mesh, unrolled, prefix)
     history = []
     for _ in tqdm(range(steps), desc=desc, unit="step", disable=not progress):
         state, m = step(state, next(batches))
