@@ -53,7 +53,7 @@ class DemoConfig:
     rft_steps: int = 80
     rft_lr: float = 5e-4
     # rule-based GRPO
-    grpo_steps: int = 80
+    grpo_steps: int = 120
     grpo_prompts: int = 16
     group_size: int = 8
     grpo_lr: float = 1.5e-4
