@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from grm_jax import flops as F
-from grm_jax.aot import Compiled, Topology
+from grm_jax.aot import Compiled
+from grm_jax.topology import Topology
 
 
 def compiled_json(c: Compiled, topo: Topology) -> dict:

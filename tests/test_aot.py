@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from grm_jax import aot
+from grm_jax import aot, topology
 from grm_jax.cli import main
 from grm_jax.hf.tiny import tiny_hf_config
 from grm_jax.models import from_hf_config
@@ -73,7 +73,7 @@ def test_grpo_with_shared_prompts_compiles_with_fewer_flops(small_model):
     over a copy of its KV cache); they compile for the TPU, the compiler's loop-counted FLOPs near
     the model's, which are under half those of prompt + response rows here."""
     cfg = from_hf_config(small_model / "config.json").replace(attention_impl="xla")
-    mesh = aot.topology_mesh(aot.get_topology(TOPOLOGY), {"data": 4, "fsdp": 1, "tensor": 1})
+    mesh = topology.topology_mesh(topology.get_topology(TOPOLOGY), {"data": 4, "fsdp": 1, "tensor": 1})
     raw = {"model": str(small_model), "reward": "math", "prompts_per_step": 8, "group_size": 4,
            "max_new_tokens": 128, "max_prompt_length": 512, "optim": {"grad_accum": 2}}
     wanted = ("grpo reference log-probs", "grpo update step")
@@ -99,7 +99,7 @@ def test_decode_step_moves_the_weights_and_live_cache_once(tmp_path, mesh_shape)
                    num_key_value_heads=32, head_dim=128, vocab_size=4096,
                    max_position_embeddings=8192).save_pretrained(tmp_path / "m")
     cfg = from_hf_config(tmp_path / "m" / "config.json").replace(dtype="bfloat16", param_dtype="bfloat16")
-    mesh = aot.topology_mesh(aot.get_topology(TOPOLOGY), mesh_shape)
+    mesh = topology.topology_mesh(topology.get_topology(TOPOLOGY), mesh_shape)
     raw = {"model": "m", "reward": "math", "prompts_per_step": 8, "group_size": 4, "max_new_tokens": 1024,
            "max_prompt_length": 1024}
     sampler = aot.build_programs("grpo", raw, cfg, mesh)[0]
@@ -125,8 +125,8 @@ def test_splash_needs_less_temp_than_xla_at_2048(tmp_path):
     model without materializing the scores, and the kernel's buffers are larger.)"""
     tiny_hf_config("gemma2", num_hidden_layers=2).save_pretrained(tmp_path / "gemma2")
     base = from_hf_config(tmp_path / "gemma2" / "config.json").replace(max_position=4096)
-    topo = aot.get_topology(TOPOLOGY)
-    mesh = aot.topology_mesh(topo, {"data": 1, "fsdp": 2, "tensor": 2})
+    topo = topology.get_topology(TOPOLOGY)
+    mesh = topology.topology_mesh(topo, {"data": 1, "fsdp": 2, "tensor": 2})
     model = str(tmp_path / "gemma2")
     runs = {"sft": {"model": model, "steps": 1, "batch_size": 4, "max_length": 2048},
             "grpo": {"model": model, "reward": "endogenous", "prompts_per_step": 2, "group_size": 2,
@@ -154,8 +154,8 @@ def test_splash_needs_less_temp_than_xla_at_2048(tmp_path):
 def test_loop_counted_flops_equal_a_fully_unrolled_compile(tmp_path):
     """Companions on 1 and 2 layers (+1 of the other kind) extrapolate to the whole model: equal to
     compiling it with every layer unrolled, also for Gemma 2's alternating sliding/full layers."""
-    topo = aot.get_topology(TOPOLOGY)
-    mesh = aot.topology_mesh(topo, {"data": 1, "fsdp": 4, "tensor": 1})
+    topo = topology.get_topology(TOPOLOGY)
+    mesh = topology.topology_mesh(topo, {"data": 1, "fsdp": 4, "tensor": 1})
     for family, kind in (("qwen2", "score"), ("gemma2", "sft"), ("gemma2", "score")):
         tiny_hf_config(family).save_pretrained(tmp_path / family)
         cfg = from_hf_config(tmp_path / family / "config.json")

@@ -99,7 +99,8 @@ def _compile_for_topology(kind, raw, model_cfg, topo, mesh_shape, plan, impls, p
     """Per-program compiler figures (JSON-able), each beside the shape-only estimate of its phase,
     for each attention implementation in `impls`; FLOPs and bytes for the first of them only.
     `only`: a comma list; just the programs whose name contains one of its items."""
-    from grm_jax.aot import build_programs, compile_programs, topology_mesh
+    from grm_jax.aot import build_programs, compile_programs
+    from grm_jax.topology import topology_mesh
     from grm_jax.aot_report import compiled_json
 
     mesh = topology_mesh(topo, mesh_shape)
@@ -138,7 +139,7 @@ def plan_command(args) -> int:
     if args.programs and not args.topology:
         raise ValueError("--programs needs --topology (it picks the programs to compile)")
     if args.topology:
-        from grm_jax.aot import get_topology
+        from grm_jax.topology import get_topology
 
         impls = _attention_impls(args.attention)
         topo = get_topology(args.topology)  # before any work: a missing libtpu is one clear line
