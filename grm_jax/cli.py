@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from grm_jax.commands import bench, demo, models, plan, scoring, training
+from grm_jax.topology import cpu_only_without_tpu
 
 # In the order `grm-jax --help` lists them.
 COMMAND_MODULES = (plan, models, bench, scoring, training, demo)
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "config", None) and getattr(args, "reconfigure", None):
             args = args.reconfigure(parser, args, argv)  # a --config YAML as the defaults (score)
+        cpu_only_without_tpu()  # before JAX starts: no libtpu noise on a host without a TPU
         plan.start_distributed(args)
         return args.fn(args)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:

@@ -35,6 +35,33 @@ def quiet_stderr():
             os.close(saved)
 
 
+def cpu_only_without_tpu() -> bool:
+    """Tells JAX to use the CPU alone on a host where libtpu is installed (`grm-jax[tpu]`, for
+    the TPU compiler) but there is no TPU chip and no other accelerator plugin: otherwise JAX
+    starts libtpu there, which prints TPU-VM metadata errors to stderr at every start. An explicit
+    JAX_PLATFORMS is left alone, and so is any host with a chip or a GPU plugin. Call it before
+    JAX's first use of a device; returns whether it changed the setting."""
+    import importlib.metadata
+    import importlib.util
+
+    if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+        return False
+    if importlib.util.find_spec("jax_plugins") or importlib.metadata.entry_points(group="jax_plugins"):
+        return False  # a GPU (or other) PJRT plugin: JAX must still look for its devices
+    try:
+        from jax._src import hardware_utils
+
+        chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+    except Exception:  # a private helper of JAX's: if it moves, change nothing
+        return False
+    if chips:
+        return False
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Topology:
     name: str

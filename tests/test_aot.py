@@ -5,6 +5,9 @@ libtpu comes with the test extra (jax[tpu]); nothing here runs on a chip.
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -33,6 +36,34 @@ def _yaml(path, text):
 def _plan(capsys, *args):
     assert main(["plan", *args, "--topology", TOPOLOGY, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter with JAX_PLATFORMS unset, as a user's shell would have it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_host_without_a_tpu_starts_jax_without_libtpus_noise_and_still_compiles_for_tpu():
+    from jax._src import hardware_utils
+
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0]:
+        pytest.skip("this host has a TPU chip: libtpu is meant to start")
+    plain = _python("import jax; jax.devices()")
+    if "TPU" not in plain.stderr:
+        pytest.skip("libtpu starts quietly on this host: nothing to silence")
+    run = _python("from grm_jax.topology import cpu_only_without_tpu, get_topology\n"
+                  "changed = cpu_only_without_tpu()\n"
+                  "import jax\n"
+                  "print(changed, jax.default_backend(), len(get_topology('v5e:2x2').devices))")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", "cpu", "4"]
+    assert "TPU" not in run.stderr, run.stderr
+    # An explicit JAX_PLATFORMS is the user's: left alone.
+    explicit = subprocess.run([sys.executable, "-c", "from grm_jax.topology import cpu_only_without_tpu as f; "
+                               "print(f())"], env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                              capture_output=True, text=True, timeout=300)
+    assert explicit.stdout.split() == ["False"], explicit.stderr
 
 
 def test_libtpu_is_installed_with_the_test_extra():
