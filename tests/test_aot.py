@@ -38,9 +38,10 @@ def _plan(capsys, *args):
     return json.loads(capsys.readouterr().out)
 
 
-def _python(code: str) -> subprocess.CompletedProcess:
-    """`code` in a fresh interpreter with JAX_PLATFORMS unset, as a user's shell would have it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+def _python(code: str, **env_vars: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter with JAX_PLATFORMS unset, as a user's shell would have it
+    (unless `env_vars` sets it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")} | env_vars
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -60,9 +61,7 @@ def test_a_host_without_a_tpu_starts_jax_without_libtpus_noise_and_still_compile
     assert run.stdout.split() == ["True", "cpu", "4"]
     assert "TPU" not in run.stderr, run.stderr
     # An explicit JAX_PLATFORMS is the user's: left alone.
-    explicit = subprocess.run([sys.executable, "-c", "from grm_jax.topology import cpu_only_without_tpu as f; "
-                               "print(f())"], env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                              capture_output=True, text=True, timeout=300)
+    explicit = _python("from grm_jax.topology import cpu_only_without_tpu as f; print(f())", JAX_PLATFORMS="cpu")
     assert explicit.stdout.split() == ["False"], explicit.stderr
 
 
