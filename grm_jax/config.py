@@ -82,6 +82,7 @@ BOUNDS: dict[str, dict[str, str]] = {
     "DemoConfig": {
         "train_items": ">= 1", "eval_items": ">= 1", "val_items": ">= 0", "max_operand": ">= 1",
         "teacher_error": "in [0, 1]", "meta_init": "one of grm_jax.demo.config.META_INITS",
+        "meta_batches": "one of grm_jax.demo.config.META_BATCHES",
         "misconceived": "in [0, 1]", "misconception_rate": "in [0, 1]",
         "qa_error": "in [0, 1]", "qa_repeats": ">= 1", "plus_one_repeats": ">= 0", "grm_shuffles": ">= 1",
         "judge_shuffles": ">= 0", "vocab_size": ">= 261", "hidden_size": ">= 1", "num_layers": ">= 1",

@@ -41,6 +41,9 @@ def test_fast_demo_runs_end_to_end_and_writes_the_report(fast_run):
     assert written["validation"].keys() == {"pretrained", "rft", "grpo"}  # fast.yaml: val_items 8
     assert all(0.0 <= v["accuracy"] <= 1.0 for v in written["validation"].values())
     assert [r["k"] for r in written["voting"]] == [1, 2, 4] == [r["k"] for r in written["meta_voting"]]
+    vs = written["validation_scaling"]  # the same curves on the 8 validation items
+    assert [r["k"] for r in vs["voting"]] == [1, 2, 4] == [r["k"] for r in vs["meta_voting"]]
+    assert all(r["items"] == 8 and 0.0 <= r["accuracy"] <= 1.0 for r in [*vs["voting"], *vs["meta_voting"]])
     for row in [*written["voting"], *written["meta_voting"], *written["greedy"].values()]:
         assert 0.0 <= row["accuracy"] <= 1.0
     assert written["export"]["max_abs_logits_diff"] < 1e-4 and written["export"]["tokenizer_round_trip"]
@@ -52,6 +55,7 @@ def test_fast_demo_runs_end_to_end_and_writes_the_report(fast_run):
     for needle in ("GRM pretrained (greedy)", "Voting@4", "MetaRM@4", "Scalar Bradley-Terry RM",
                    "LLM-as-judge", "Endogenous reward", "max |logits diff|", "| Claim | holds |",
                    "| RFT > pretrained (greedy) |", "| Stage | seconds |", "on the validation items",
+                   "| k, on the validation items (for searches) |",
                    "| pretrain |", "| total |"):
         assert needle in table
     for name in ("scaling.png", "training.png"):
@@ -140,6 +144,37 @@ def test_grpo_mixed_items_are_those_with_a_right_and_a_wrong_first_n_sample():
                           item(7, [True, True])]}
     assert mixed_items(judged, 3) == [2, 5]  # indices as judged (item 1 was skipped by the judge)
     assert mixed_items(judged, 1) == []
+
+
+def test_meta_rm_batches_are_class_balanced_and_group_rows_of_like_length():
+    import numpy as np
+
+    from grm_jax.demo.meta_rm import length_grouped_batches, padded_length
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(40, 200, 300)
+    labels = (rng.random(300) < 0.3).astype(int)  # 90-odd correct rows, the rest incorrect
+    pool = length_grouped_batches(lengths, labels, 16, np.random.default_rng(0), pool=4)
+    assert len(pool) == 4 and all(len(b) == 16 and labels[b].sum() == 8 for b in pool)
+    rows = np.concatenate(pool)
+    assert len(set(rows.tolist())) == 64  # each class has >= 32 rows: drawn without replacement
+    # Sorted by length within each class, cut into runs: the longest of a batch's correct rows is
+    # no longer than the shortest correct row of any batch after it in length order.
+    by_len = sorted(pool, key=lambda b: lengths[b[:8]].max())
+    for a, b in zip(by_len, by_len[1:]):
+        assert lengths[a[:8]].max() <= lengths[b[:8]].min() and lengths[a[8:]].max() <= lengths[b[8:]].min()
+    padding = sum(padded_length(int(lengths[b].max())) * 16 - lengths[b].sum() for b in pool)
+    one_by_one = [np.concatenate([rng.choice(np.flatnonzero(labels == c), 8, replace=False) for c in (1, 0)])
+                  for _ in range(4)]
+    assert padding < sum(padded_length(int(lengths[b].max())) * 16 - lengths[b].sum() for b in one_by_one)
+    # Same generator state, same batches; a class with too few rows is drawn with replacement.
+    again = length_grouped_batches(lengths, labels, 16, np.random.default_rng(0), pool=4)
+    assert all((a == b).all() for a, b in zip(pool, again))
+    few = np.zeros(300, int)
+    few[:3] = 1
+    assert all(few[b].sum() == 8 for b in length_grouped_batches(lengths, few, 16, rng, pool=4))
+    assert all(len(b) == 16 for b in length_grouped_batches(lengths, np.zeros(300, int), 16, rng, pool=4))
+    assert [padded_length(n) for n in (1, 32, 33, 150)] == [32, 32, 64, 160]
 
 
 def test_meta_trajectories_leave_out_hinted_unparsed_and_with_mixed_only_unanimous_items():

@@ -13,6 +13,9 @@ JUDGE_TEMPLATE = "judge_compact"
 META_TEMPLATE = "meta_rm"
 # Where the meta RM's decoder starts: the pretrained LM or the trained GRM (`meta_init`).
 META_INITS = ("pretrained", "grm")
+# How the meta RM's class-balanced batches are drawn (`meta_batches`): one at a time, at random, or
+# rows of like length together (configs/demo/EXPERIMENTS.md row X).
+META_BATCHES = ("random", "by_length")
 
 
 @dataclasses.dataclass
@@ -67,6 +70,7 @@ class DemoConfig:
     meta_lr: float = 3e-4
     meta_init: str = "pretrained"      # the meta RM's decoder starts from: pretrained (the LM) | grm
     meta_mixed_only: bool = False      # train only on items whose samples disagree (right and wrong ones)
+    meta_batches: str = "random"       # the meta RM's balanced batches: random | by_length (rows of like length)
     # scalar Bradley-Terry RM baseline
     scalar_steps: int = 150
     scalar_lr: float = 1e-3

@@ -40,7 +40,8 @@ def greedy(run, data, name: str, model: Path, fmt: str = "multi") -> dict:
 
 
 def scaling(run, data, grm: Path, meta) -> None:
-    """Voting@k and MetaRM@k, k = 1, 2, 4, .., K, from the same K samples per held-out item."""
+    """Voting@k and MetaRM@k, k = 1, 2, 4, .., K, from the same K samples per held-out item (and,
+    with validation items, per validation item, in results["validation_scaling"])."""
     from grm_jax.eval.judge import scaling_curve, summarize
 
     c = run.cfg
@@ -56,6 +57,13 @@ def scaling(run, data, grm: Path, meta) -> None:
     run.results["timings"]["eval_prompts_per_s"] = s.get("prompts_per_s")
     for v, m in zip(run.results["voting"], run.results["meta_voting"]):
         run.log(f"   k={v['k']:>3d}  Voting@k {100 * v['accuracy']:.1f}%  MetaRM@k {100 * m['accuracy']:.1f}%")
+    if data.val_path is not None:  # the same curves on the validation items, for searches (val_items)
+        judged = run.judge(grm, data.val_path, opts, meta=meta)
+        run.results["validation_scaling"] = {"voting": scaling_curve(dict(judged, k_meta=None), ks, opts),
+                                             "meta_voting": scaling_curve(judged, ks, opts)}
+        curve = {name: " / ".join(f"{100 * r['accuracy']:.1f}" for r in rows)
+                 for name, rows in run.results["validation_scaling"].items()}
+        run.log(f"   validation items, k = {ks}: Voting@k {curve['voting']}, MetaRM@k {curve['meta_voting']}")
 
 
 def scalar_baseline(run, data, pretrained: Path) -> None:

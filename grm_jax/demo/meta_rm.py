@@ -56,7 +56,8 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
                            "raise meta_items or meta_samples")
     meta, history, labels, tok_dir = fit_meta_rm(
         pretrained if c.meta_init == "pretrained" else grm, trajectories, steps=c.meta_steps, lr=c.meta_lr,
-        batch_size=c.batch_size, seed=c.seed, progress=run.progress, log=run.log)
+        batch_size=c.batch_size, seed=c.seed, by_length=c.meta_batches == "by_length", progress=run.progress,
+        log=run.log)
     save_model(run.out / "meta_rm", meta.params, meta.config,
                tokenizer_files=[p for p in Path(tok_dir).iterdir() if p.is_file()],
                extra_arrays={"value_head": meta.head})
@@ -70,11 +71,39 @@ def train_meta_rm(run, data, grm: Path, rft_judged: dict, pretrained: Path):
     return meta
 
 
+def length_grouped_batches(lengths, labels, batch_size: int, rng: np.random.Generator,
+                           pool: int = 8) -> list[np.ndarray]:
+    """`pool` batches of row indices (`meta_batches: by_length`, an option of ours; EXPERIMENTS.md
+    row X), each half correct and half incorrect samples, rows of like length together:
+    `pool` * batch_size/2 rows of each class are drawn (without replacement while the class has
+    enough rows), each class is sorted by length and cut into `pool` runs, and batch i is run i of
+    both classes; the batches come in random order. Each batch pads to its own longest row, so
+    less of a step is padding. With one class only, the rows are drawn from it alone."""
+    labels = np.asarray(labels)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    classes = [pos, neg] if len(pos) and len(neg) else [np.arange(len(labels))]
+    per = batch_size // len(classes)
+    runs = []
+    for rows in classes:
+        drawn = rng.choice(rows, pool * per, replace=len(rows) < pool * per)
+        drawn = drawn[np.argsort(np.asarray(lengths)[drawn], kind="stable")]
+        runs.append(drawn.reshape(pool, per))
+    batches = [np.concatenate([r[i] for r in runs]) for i in range(pool)]
+    return [batches[i] for i in rng.permutation(pool)]
+
+
+def padded_length(n: int, multiple: int = 32) -> int:
+    """n rounded up to a multiple of `multiple`: few distinct batch shapes (compiled programs)."""
+    return -(-n // multiple) * multiple
+
+
 def fit_meta_rm(init: Path, trajectories, *, steps: int, lr: float, batch_size: int, seed: int,
-                progress: bool = True, log=print):
+                by_length: bool = False, progress: bool = True, log=print):
     """A value head and the decoder of the model at `init`, trained by BCE on `trajectories`
     ((item, GRM prompt, sample, label) as `meta_trajectories` gives them) in class-balanced
-    batches. Returns (MetaRM, per-step metrics, the labels, the tokenizer's folder)."""
+    batches (our choice; the paper gives no sampling detail: half correct, half incorrect samples,
+    so the head cannot settle on the majority label), drawn one at a time or, with `by_length`,
+    `length_grouped_batches`. Returns (MetaRM, per-step metrics, the labels, the tokenizer's folder)."""
     from grm_jax.data.chat import ChatFormatter, Encoded
     from grm_jax.data.pipeline import collate
     from grm_jax.eval.judge import MetaRM, meta_input
@@ -91,22 +120,27 @@ def fit_meta_rm(init: Path, trajectories, *, steps: int, lr: float, batch_size: 
                 for item, prompt, sample, _ in trajectories]
     labels = np.asarray([label for *_, label in trajectories])
     rng = np.random.default_rng(seed)
-    # Class-balanced batches (our choice; the paper gives no sampling detail): half correct,
-    # half incorrect samples, so the head cannot settle on the majority label.
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     half = batch_size // 2
     balanced = bool(len(pos) and len(neg))
     if not balanced:
         log(f"   meta RM: warning: {len(pos)} correct and {len(neg)} incorrect samples; "
             "training on one class, so it cannot tell them apart")
+    lengths = np.asarray([e.end for e in examples])
 
     def batches():
         while True:
-            idx = np.concatenate([rng.choice(pos, half, replace=len(pos) < half),
-                                  rng.choice(neg, half, replace=len(neg) < half)]) if balanced else \
-                rng.choice(len(labels), batch_size, replace=len(labels) < batch_size)
-            b = collate([examples[i] for i in idx])
-            yield {"tokens": b["tokens"], "positions": b["positions"], "labels": labels[idx].astype(np.float32)}
+            if by_length:
+                for idx in length_grouped_batches(lengths, labels, batch_size, rng):
+                    yield batch(idx, padded_length(int(lengths[idx].max())))
+            else:  # one at a time: half correct, half incorrect samples, padded to a length bucket
+                yield batch(np.concatenate([rng.choice(pos, half, replace=len(pos) < half),
+                                            rng.choice(neg, half, replace=len(neg) < half)]) if balanced else
+                            rng.choice(len(labels), batch_size, replace=len(labels) < batch_size))
+
+    def batch(idx, length=None):
+        b = collate([examples[i] for i in idx], length=length)
+        return {"tokens": b["tokens"], "positions": b["positions"], "labels": labels[idx].astype(np.float32)}
 
     opt = make_optimizer(OptimConfig(lr=lr, total_steps=steps, warmup_steps=min(10, steps // 2), b2=0.99))
     # The meta template's opening (and the GRM prompt's, up to the query) runs once per batch.

@@ -39,6 +39,13 @@ def table(results: dict) -> str:
     if val:  # for choosing settings (val_items); no claim reads these
         lines += ["", "| GRM, greedy, on the validation items (not held-out; for searches) | Acc |", "|---|---:|"]
         lines += [f"| {name} | {_pct(v.get('accuracy'))} |" for name, v in val.items()]
+    vs = results.get("validation_scaling")
+    if vs:  # likewise for searches only
+        ks = [r["k"] for r in vs["voting"]]
+        lines += ["", "| k, on the validation items (for searches) | " + " | ".join(map(str, ks)) + " |",
+                  "|---|" + "---:|" * len(ks),
+                  "| Voting@k | " + " | ".join(_pct(r["accuracy"]) for r in vs["voting"]) + " |",
+                  "| MetaRM@k | " + " | ".join(_pct(r["accuracy"]) for r in vs["meta_voting"]) + " |"]
     if vote:
         ks = sorted(vote)
         lines += ["", "| k | " + " | ".join(map(str, ks)) + " |", "|---|" + "---:|" * len(ks),
@@ -197,6 +204,9 @@ def _rows(r: dict) -> dict:
            "GRM + RFT + GRPO (greedy)": g.get("grpo", {}).get("accuracy")}
     for name, v in r.get("validation", {}).items():
         out[f"Validation items: GRM {name} (greedy)"] = v.get("accuracy")
+    for key, label in (("voting", "Voting"), ("meta_voting", "MetaRM")):
+        for x in r.get("validation_scaling", {}).get(key, []):
+            out[f"Validation items: {label}@{x['k']}"] = x["accuracy"]
     for k in sorted(vote):
         out[f"Voting@{k}"] = vote[k]
     for k in sorted(meta):
