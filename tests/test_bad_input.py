@@ -152,6 +152,7 @@ def test_bad_run_config_values_name_the_field(kind, override, needle):
     ("grm_jax.demo:DemoConfig", {"teacher_error": 2.0}, r"teacher_error must be in \[0, 1\]"),
     ("grm_jax.demo:DemoConfig", {"vocab_size": 100}, "vocab_size must be >= 261"),
     ("grm_jax.demo:DemoConfig", {"k": 6}, "power of two"),
+    ("grm_jax.demo:DemoConfig", {"meta_batches": "sorted"}, "meta_batches must be one of random, by_length"),
 ])
 def test_bad_option_values_name_the_field(where, kw, needle):
     import importlib
