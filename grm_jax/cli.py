@@ -7,7 +7,8 @@ import argparse
 import sys
 
 from grm_jax.commands import bench, demo, models, plan, scoring, training
-from grm_jax.topology import cpu_only_without_tpu
+from grm_jax.host_memory import keep_freed_memory
+from grm_jax.topology import cpu_only_without_tpu, jax_uses_cpu_only
 
 # In the order `grm-jax --help` lists them.
 COMMAND_MODULES = (plan, models, bench, scoring, training, demo)
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "config", None) and getattr(args, "reconfigure", None):
             args = args.reconfigure(parser, args, argv)  # a --config YAML as the defaults (score)
         cpu_only_without_tpu()  # before JAX starts: no libtpu noise on a host without a TPU
+        if jax_uses_cpu_only():
+            keep_freed_memory()  # XLA's CPU buffers reused, not faulted in again at every step
         plan.start_distributed(args)
         return args.fn(args)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:

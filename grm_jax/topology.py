@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
+import importlib.util
 import math
 import os
 import tempfile
@@ -35,18 +37,32 @@ def quiet_stderr():
             os.close(saved)
 
 
+def _accelerator_plugin() -> bool:
+    """Whether a PJRT plugin (a GPU's, or another accelerator's) is installed for JAX."""
+    return bool(importlib.util.find_spec("jax_plugins") or importlib.metadata.entry_points(group="jax_plugins"))
+
+
+def jax_uses_cpu_only() -> bool:
+    """Whether JAX will run on the CPU alone: its platforms (JAX_PLATFORMS, or the setting
+    `cpu_only_without_tpu` makes) name the CPU only, or none are named and neither libtpu nor an
+    accelerator plugin is installed."""
+    import jax
+
+    platforms = jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS") or ""
+    if platforms:
+        return {p.strip() for p in platforms.split(",") if p.strip()} == {"cpu"}
+    return importlib.util.find_spec("libtpu") is None and not _accelerator_plugin()
+
+
 def cpu_only_without_tpu() -> bool:
     """Tells JAX to use the CPU alone on a host where libtpu is installed (`grm-jax[tpu]`, for
     the TPU compiler) but there is no TPU chip and no other accelerator plugin: otherwise JAX
     starts libtpu there, which prints TPU-VM metadata errors to stderr at every start. An explicit
     JAX_PLATFORMS is left alone, and so is any host with a chip or a GPU plugin. Call it before
     JAX's first use of a device; returns whether it changed the setting."""
-    import importlib.metadata
-    import importlib.util
-
     if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
         return False
-    if importlib.util.find_spec("jax_plugins") or importlib.metadata.entry_points(group="jax_plugins"):
+    if _accelerator_plugin():
         return False  # a GPU (or other) PJRT plugin: JAX must still look for its devices
     try:
         from jax._src import hardware_utils
