@@ -5,7 +5,7 @@ that `free` hands straight back to the kernel, and every buffer of a thread's ar
 away when freed. A jitted train step on the CPU allocates and frees the same few hundred MiB of
 temporaries at every call, so each step faults all of those pages in again: on the demo's
 pretraining step, about 92,000 page faults a step, and a fifth of the run's CPU time spent in the
-kernel (configs/demo/EXPERIMENTS.md, "Host memory"). `keep_freed_memory` sets malloc to serve
+kernel (configs/demo/EXPERIMENTS.md row Y). `keep_freed_memory` sets malloc to serve
 every buffer from one heap and to keep what is freed there for the next step.
 
 It is the `grm-jax` command's choice for runs where JAX uses the CPU alone (the library does not
