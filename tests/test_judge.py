@@ -1,6 +1,7 @@
 """The judge pipeline: exact accounting on a tiny random GRM (noise texts), and known answers
 through a scripted sampler that reads the shuffled prompt and writes the right boxed scores."""
 
+import dataclasses
 import json
 import re
 
@@ -11,7 +12,7 @@ import pytest
 import grm_jax.eval.judge as judge_mod
 from grm_jax.loading import load_tokenizer
 from grm_jax.cli import main
-from grm_jax.data.grm_items import read_items
+from grm_jax.data.grm_items import Item, read_items
 from grm_jax.eval.judge import JudgeOptions, judge_file, judge_items, scaling_curve, summarize
 from grm_jax.hf import load_hf
 from grm_jax.models.value_head import init_value_head
@@ -128,7 +129,94 @@ def test_known_answers_through_shuffles(scripted, tmp_path):
     curve = scaling_curve(judged, [1, 2, 6], opts)
     # k = 6 always holds parsed samples; a single sample fails a third of the time, and a failed
     # sample votes nothing, so the tie-break among n responses is sometimes wrong.
-    assert curve[2]["accuracy"] == 1.0 and curve[0]["accuracy"] < 1.0 and curve[0]["draws"] == 16
+    assert curve[2]["accuracy"] == 1.0 and curve[0]["accuracy"] < 1.0
+    assert [c["draws"] for c in curve] == [6, 15, 1] and all(c["every_subset"] for c in curve)
+
+
+def _random_judged(rng, n_items, k, with_meta):
+    """Judged results as judge_items writes them: 1..4 responses, some samples unparsed, scores
+    from a few values so that ties happen."""
+    results = []
+    for i in range(n_items):
+        n = int(rng.integers(1, 5))
+        rewards = tuple(float(x) for x in rng.permutation(n)) if n > 1 else (float(rng.integers(1, 4)),)
+        item = Item(row=i + 1, prompt="p", responses=tuple("r" * (j + 1) for j in range(n)), rewards=rewards)
+        samples = []
+        for _ in range(k):
+            scores = None if rng.random() < 0.15 else [int(x) for x in rng.integers(1, 4, size=n)]
+            sample = {"scores": scores}
+            if with_meta:
+                sample["meta"] = float(rng.integers(0, 3))  # ties in the meta RM's values too
+            samples.append(sample)
+        results.append({"index": i, "item": item, "samples": samples, "correct": True})
+    return {"results": results, "k_meta": 2 if with_meta else None}
+
+
+def _brute_force_curve(judged, ks, opts):
+    """The expected accuracy of voting over each k-subset, by enumeration: every subset, the
+    public meta_keep and vote, and every response a random tie-break could choose."""
+    from itertools import combinations
+
+    from grm_jax.rewards.voting import meta_keep, vote
+
+    out = []
+    for k in ks:
+        k_meta = None if judged["k_meta"] is None else min(judged["k_meta"], max(1, k // 2))
+        per_item = []
+        for r in judged["results"]:
+            item, samples, hits = r["item"], r["samples"], []
+            for subset in combinations(range(opts.k), k):
+                keep = list(subset)
+                if k_meta is not None:
+                    keep = [keep[j] for j in meta_keep([samples[j]["meta"] for j in keep], min(k_meta, k))]
+                parsed = [samples[j]["scores"] for j in keep if samples[j]["scores"] is not None]
+                if not parsed:
+                    hits.append(0.0)
+                elif len(item.responses) == 1:
+                    hits.append(float(round(float(np.mean([p[0] for p in parsed]))) == item.rewards[0]))
+                else:
+                    v = vote(parsed, len(item.responses), opts.vote)
+                    tied = np.flatnonzero(v == v.max())
+                    hits.append(np.mean([item.rewards[t] == max(item.rewards) for t in tied]))
+            per_item.append(np.mean(hits))
+        out.append(float(np.mean(per_item)))
+    return out
+
+
+@pytest.mark.parametrize("method,with_meta", [("sum", False), ("sum", True), ("mean", False), ("majority", True)])
+def test_scaling_curve_is_the_expected_accuracy_over_every_subset(method, with_meta):
+    """With at most `scaling_draws` k-subsets the curve enumerates them all and counts each random
+    tie-break at its expected value: equal to a brute-force enumeration with the public vote and
+    meta_keep. With fewer draws than subsets, a random sample of them lands within 4 standard
+    errors of the exact value."""
+    rng = np.random.default_rng(11)
+    judged = _random_judged(rng, 40, 6, with_meta)
+    opts = JudgeOptions(k=6, vote=method, scaling_draws=20)  # C(6, 3) = 20: k = 1, 2, 3, 5, 6 exact
+    ks = [1, 2, 3, 5, 6]
+    curve = scaling_curve(judged, ks, opts)
+    assert all(c["every_subset"] for c in curve) and [c["draws"] for c in curve] == [6, 15, 20, 6, 1]
+    assert [c["accuracy"] for c in curve] == pytest.approx(_brute_force_curve(judged, ks, opts), abs=1e-12)
+    sampled = scaling_curve(judged, [3], dataclasses.replace(opts, scaling_draws=8))[0]
+    assert sampled["draws"] == 8 and not sampled["every_subset"]
+    exact = curve[2]["accuracy"]
+    se = np.sqrt(0.25 / (8 * len(judged["results"])))
+    assert sampled["accuracy"] != exact and abs(sampled["accuracy"] - exact) < 4 * se
+
+
+def test_two_votes_choose_as_often_as_one_when_samples_never_tie():
+    """Two responses, every sample scores them 9 / 2 one way or the other: two samples agree
+    (same choice as either alone) or tie (a coin flip), so Voting@2 equals Voting@1 exactly; the
+    curve shows it (an estimate from a few random subsets would not)."""
+    rng = np.random.default_rng(3)
+    results = []
+    for i in range(30):
+        right = rng.random(16) < rng.random()
+        samples = [{"scores": [9, 2] if ok else [2, 9]} for ok in right]
+        results.append({"index": i, "item": Item(row=i + 1, prompt="p", responses=("a", "b"), rewards=(1.0, 0.0)),
+                        "samples": samples, "correct": True})
+    curve = scaling_curve({"results": results, "k_meta": None}, [1, 2, 4], JudgeOptions(k=16))
+    assert curve[0]["accuracy"] == pytest.approx(curve[1]["accuracy"], abs=1e-12)
+    assert curve[2]["accuracy"] != pytest.approx(curve[1]["accuracy"], abs=1e-3)
 
 
 @pytest.mark.parametrize("reply,wrong,ties", [("Analysis: no idea", 8, 0), ("Scores: \\boxed{5, 5}", 0, 8)])
