@@ -13,7 +13,8 @@ import grm_jax.eval.judge as judge_mod
 from grm_jax.loading import load_tokenizer
 from grm_jax.cli import main
 from grm_jax.data.grm_items import Item, read_items
-from grm_jax.eval.judge import JudgeOptions, judge_file, judge_items, scaling_curve, summarize
+from grm_jax.eval.judge import JudgeOptions, judge_file, judge_items, summarize
+from grm_jax.eval.scaling import scaling_curve
 from grm_jax.hf import load_hf
 from grm_jax.models.value_head import init_value_head
 from grm_jax.rewards.parse import REASONS

@@ -42,7 +42,8 @@ def greedy(run, data, name: str, model: Path, fmt: str = "multi") -> dict:
 def scaling(run, data, grm: Path, meta) -> None:
     """Voting@k and MetaRM@k, k = 1, 2, 4, .., K, from the same K samples per held-out item (and,
     with validation items, per validation item, in results["validation_scaling"])."""
-    from grm_jax.eval.judge import scaling_curve, summarize
+    from grm_jax.eval.judge import summarize
+    from grm_jax.eval.scaling import scaling_curve
 
     c = run.cfg
     opts = run.judge_opts(c.k)
